@@ -1,0 +1,102 @@
+"""Config -> teacher, student, objective and batch source (the only place that wires them)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from .config import CROSS_CHECKS, Config, ConfigError, ModelConfig, StudentConfig, ToyConfig
+from .diffusion import EDMPath, FlowPath, GaussianPath, TrigFlowPath, VPPath
+from .models.base import Denoiser
+from .objectives.base import Objective
+from .objectives.registry import build_objective
+from .toy import GaussianMixture, GaussianMixtureDenoiser, ToyStudent, image_mixture, ring_mixture
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Setup:
+    teacher: Denoiser
+    student: Denoiser
+    objective: Objective
+    data: object  # a fewstep.training.trainer.BatchSource
+
+
+def toy_path(name: str) -> GaussianPath:
+    return {"flow": FlowPath, "vp": VPPath.from_scheduler_config, "edm": EDMPath, "trigflow": TrigFlowPath}[name]()
+
+
+def toy_mixture(cfg: ToyConfig) -> GaussianMixture:
+    if cfg.dataset == "ring":
+        return ring_mixture(cfg.num_modes, cfg.radius, cfg.std, cfg.num_classes)
+    return image_mixture(cfg.num_modes, tuple(cfg.shape), cfg.std, num_classes=cfg.num_classes)
+
+
+def build_teacher(cfg: ModelConfig) -> Denoiser:
+    if cfg.kind == "toy_gmm":
+        return GaussianMixtureDenoiser(toy_mixture(cfg.toy), toy_path(cfg.toy.path))
+    from . import models
+
+    if cfg.tiny:
+        denoiser, _ = models.tiny_denoiser(cfg.kind)
+        return denoiser
+    if cfg.pretrained is None:
+        raise ConfigError(f"config error: model.pretrained: required for model.kind={cfg.kind!r} "
+                          "(a local diffusers folder or hub id), or set model.tiny=true for a random tiny model")
+    return models.load_denoiser(cfg.kind, cfg.pretrained, subfolder=cfg.subfolder, dtype=DTYPES[cfg.dtype])
+
+
+def build_student(teacher: Denoiser, cfg: StudentConfig, model_cfg: ModelConfig) -> Denoiser:
+    """The student starts as the teacher (toy: exact posterior mean + zero-initialised correction)."""
+    if isinstance(teacher, GaussianMixtureDenoiser):
+        if cfg.lora is not None:
+            raise ConfigError("config error: student.lora: LoRA needs a diffusers model; the toy student is an MLP")
+        return ToyStudent(teacher, hidden=model_cfg.toy.hidden, depth=model_cfg.toy.depth)
+    student = copy.deepcopy(teacher)
+    student.requires_grad_(True)
+    if cfg.lora is not None:
+        from .models import add_lora
+
+        add_lora(student, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                 target_modules=cfg.lora.target_modules)
+    return student
+
+
+def build_data(config: Config, teacher: Denoiser, device: torch.device, rank: int = 0, world_size: int = 1):
+    from .data_sources import SyntheticSource, ToySource
+
+    kind = config.data.kind
+    if kind == "toy":
+        return ToySource(teacher.mixture, config.data, device)  # type: ignore[attr-defined]
+    if kind == "synthetic":
+        encode = getattr(teacher, "encode_prompts", None)
+        return SyntheticSource(config.data, encode, device)
+    from .data_sources import LoaderSource
+
+    return LoaderSource(config.data, teacher, device, rank, world_size, config.run.seed)
+
+
+def build_setup(config: Config, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Setup:
+    from accelerate.utils import set_seed
+
+    set_seed(config.run.seed)  # same seed on every rank: identical initial weights everywhere
+    teacher = build_teacher(config.model)
+    student = build_student(teacher, config.student, config.model)
+    if config.run.gradient_checkpointing and hasattr(student, "enable_gradient_checkpointing"):
+        student.enable_gradient_checkpointing()
+    objective = build_objective(config.objective, student, teacher)
+    data = build_data(config, teacher, torch.device(device), rank, world_size)
+    return Setup(teacher, student, objective, data)
+
+
+def _check_toy_pairing(config: Config) -> None:
+    is_toy_model, is_toy_data = config.model.kind == "toy_gmm", config.data.kind == "toy"
+    if is_toy_model != is_toy_data:
+        raise ConfigError(f"config error: data.kind: {config.data.kind!r} does not fit model.kind={config.model.kind!r}; "
+                          "the toy model trains on data.kind=toy and only it does")
+
+
+CROSS_CHECKS.append(_check_toy_pairing)

@@ -1,0 +1,81 @@
+"""Deterministic ODE steps and stochastic re-noise steps on any Gaussian path.
+
+A "denoise" callable maps (x_t, t) -> (x0_hat, eps_hat); every solver works on that
+pair, so the same code serves eps-, v-, x0- and flow-parameterised teachers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .paths import GaussianPath, expand_like
+
+DenoiseFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def ddim_step(x0: Tensor, eps: Tensor, t_next: Tensor, path: GaussianPath) -> Tensor:
+    """DDIM (eta=0, Song et al. 2021 Eq. 12): keep the predicted (x0, eps), move to t_next.
+
+    On the rectified-flow path this is exactly the Euler step of FlowMatchEulerDiscreteScheduler.
+    """
+    return path.add_noise(x0, eps, t_next)
+
+
+def pf_ode_velocity(x0: Tensor, eps: Tensor, t: Tensor, path: GaussianPath) -> Tensor:
+    """Probability-flow ODE drift dx/dt = alpha'(t) E[x0|x_t] + sigma'(t) E[eps|x_t]."""
+    return path.velocity(x0, eps, t)
+
+
+def euler_step(x_t: Tensor, t: Tensor, t_next: Tensor, velocity: Tensor) -> Tensor:
+    return x_t + expand_like(t_next - t, x_t) * velocity
+
+
+def heun_step(x_t: Tensor, t: Tensor, t_next: Tensor, denoise: DenoiseFn, path: GaussianPath) -> Tensor:
+    """Heun's 2nd-order step (EDM Alg. 1); falls back to Euler when t_next is the clean end."""
+    x0, eps = denoise(x_t, t)
+    v1 = pf_ode_velocity(x0, eps, t, path)
+    x_euler = euler_step(x_t, t, t_next, v1)
+    if bool((path.sigma(t_next) <= 0).all()):
+        return x_euler
+    x0_2, eps_2 = denoise(x_euler, t_next)
+    v2 = pf_ode_velocity(x0_2, eps_2, t_next, path)
+    return euler_step(x_t, t, t_next, (v1 + v2) / 2)
+
+
+def solver_step(solver: str, x_t: Tensor, t: Tensor, t_next: Tensor, denoise: DenoiseFn, path: GaussianPath) -> Tensor:
+    """One teacher ODE step by name: 'ddim', 'euler' or 'heun'."""
+    if solver == "heun":
+        return heun_step(x_t, t, t_next, denoise, path)
+    x0, eps = denoise(x_t, t)
+    if solver == "ddim":
+        return ddim_step(x0, eps, t_next, path)
+    if solver == "euler":
+        return euler_step(x_t, t, t_next, pf_ode_velocity(x0, eps, t, path))
+    raise ValueError(f"unknown solver {solver!r}; expected one of: ddim, euler, heun")
+
+
+def forward_noise(x_s: Tensor, s: Tensor, t: Tensor, noise: Tensor, path: GaussianPath) -> Tensor:
+    """Sample q(x_t | x_s) for t >= s: x_t = (a_t/a_s) x_s + sqrt(s_t^2 - (a_t/a_s)^2 s_s^2) noise."""
+    ratio = path.alpha(t) / path.alpha(s)
+    var = (path.sigma(t) ** 2 - (ratio * path.sigma(s)) ** 2).clamp_min(0)
+    return expand_like(ratio, x_s) * x_s + expand_like(var.sqrt(), x_s) * noise
+
+
+def renoise_step(x0: Tensor, t_next: Tensor, noise: Tensor, path: GaussianPath) -> Tensor:
+    """Multistep consistency / DMD sampling: jump to clean x0, then re-noise to t_next."""
+    return path.add_noise(x0, noise, t_next)
+
+
+def tcd_step(x0: Tensor, eps: Tensor, t_next: Tensor, gamma: float, noise: Tensor, path: GaussianPath) -> Tensor:
+    """TCD's strategic stochastic step (Zheng et al. 2024, Eq. 9): DDIM to s = (1-gamma) t_next, re-noise to t_next.
+
+    gamma = 0 is deterministic DDIM; gamma = 1 is the full re-noise of multistep consistency sampling.
+    Intermediate time is taken on the path's log-SNR-free time axis relative to t_min.
+    """
+    t_min = torch.as_tensor(path.t_min, dtype=t_next.dtype, device=t_next.device)
+    s = t_min + (1 - gamma) * (t_next - t_min)
+    x_s = ddim_step(x0, eps, s, path)
+    return forward_noise(x_s, s, t_next, noise, path)

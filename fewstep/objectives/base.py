@@ -1,0 +1,81 @@
+"""What every objective provides to the trainer.
+
+Objectives own only the math: which networks they train, in which phases, and the loss
+of each phase. The trainer owns optimisers, update ratios, accumulation, precision,
+EMA and checkpoints (see fewstep/training/trainer.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion import GaussianPath
+from ..models.base import Cond
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimiser update per repeat, per training step (repeats > 1: two-time-scale updates)."""
+
+    name: str
+    network: str
+    repeats: int = 1
+
+
+@dataclass
+class Batch:
+    """Clean data (pixels or latents) and its conditioning, as objectives see it."""
+
+    x0: Tensor
+    cond: Cond | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+
+class Objective(nn.Module):
+    """Base class: subclasses set `self.networks` (name -> trainable module) and implement loss()."""
+
+    divergence_hint: str = "lower the learning rate or enable gradient clipping (run.max_grad_norm)"
+
+    def trainable_networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def phases(self) -> list[Phase]:
+        return [Phase(name, name) for name in self.trainable_networks()]
+
+    def loss(self, phase: str, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """Scalar loss to minimise in `phase`, plus named values to log."""
+        raise NotImplementedError
+
+    def after_update(self, phase: str) -> None:
+        """Hook after an optimiser step of `phase` (e.g. move an EMA target network)."""
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Evolving state that is not a trained network (EMA targets, running stats) for checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no extra state but the checkpoint has {sorted(state)}")
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
+        """The student's few-step sampler: clean samples from N(0, I) noise."""
+        raise NotImplementedError
+
+
+def initial_state(noise: Tensor, path: GaussianPath, t_start: float | Tensor) -> Tensor:
+    """Start of sampling at t_start: x = sigma(t_start) * noise (the small alpha x0 term is dropped,
+    as diffusers pipelines do)."""
+    sigma = path.sigma(torch.as_tensor(t_start, dtype=torch.float64))
+    return noise * sigma.to(noise)
+
+
+def time_like(value: float | Tensor, batch: int, device: torch.device) -> Tensor:
+    return torch.as_tensor(value, dtype=torch.float64, device=device).expand(batch).clone()

@@ -1,0 +1,129 @@
+"""Consistency distillation (Song et al. 2023, "Consistency Models", Alg. 2; LCM, Luo et al. 2023, Eq. 8-9).
+
+The student f(x_t, t) = c_skip(t) x_t + c_out(t) F(x_t, t) is trained so that f at t_{n+k}
+matches the EMA target f^- at t_n, where x_{t_n} is one teacher ODE step from x_{t_{n+k}}.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion import renoise_step, sampling_times, solver_step
+from ..models.base import Cond, Denoiser
+from .base import Batch, Objective, initial_state, time_like
+
+
+class BoundaryCondition:
+    """LCM's skip scalings (diffusers LCMScheduler.get_scalings_for_boundary_condition_discrete).
+
+    c_skip = sd^2 / ((k tau)^2 + sd^2), c_out = k tau / sqrt((k tau)^2 + sd^2), with tau the model
+    timestep measured from the boundary time; c_skip = 1, c_out = 0 exactly at the boundary.
+    """
+
+    def __init__(self, denoiser: Denoiser, boundary_time: float, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
+        self.path = denoiser.path
+        self.boundary_time = boundary_time
+        self.sigma_data = sigma_data
+        self.timestep_scaling = timestep_scaling
+
+    def scalings(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        t_b = torch.as_tensor(self.boundary_time, dtype=t.dtype, device=t.device)
+        tau = (self.path.model_timestep(t) - self.path.model_timestep(t_b)) * self.timestep_scaling
+        c_skip = self.sigma_data ** 2 / (tau ** 2 + self.sigma_data ** 2)
+        c_out = tau / (tau ** 2 + self.sigma_data ** 2).sqrt()
+        return c_skip, c_out
+
+    def __call__(self, net: Denoiser, x_t: Tensor, t: Tensor, cond: Cond | None) -> Tensor:
+        c_skip, c_out = self.scalings(t)
+        shape = (-1, *([1] * (x_t.ndim - 1)))
+        x0 = net.predict(x_t, t, cond, target="sample")
+        return c_skip.to(x_t).reshape(shape) * x_t + c_out.to(x_t).reshape(shape) * x0
+
+
+def consistency_distance(pred: Tensor, target: Tensor, kind: str, huber_c: float) -> Tensor:
+    """Per-sample distance: 'l2' (mean squared) or 'pseudo_huber' (iCT, Song & Dhariwal 2023, Eq. 10)."""
+    sq = (pred - target).pow(2).flatten(1)
+    if kind == "l2":
+        return sq.mean(1)
+    if kind == "pseudo_huber":
+        c = huber_c * sq.shape[1] ** 0.5  # iCT's c = 0.00054 sqrt(d)
+        return (sq.sum(1) + c * c).sqrt() - c
+    raise ValueError(f"unknown consistency loss {kind!r}; expected 'l2' or 'pseudo_huber'")
+
+
+class ConsistencyDistillation(Objective):
+    """CD / LCM: one teacher solver step between adjacent grid times, EMA target network."""
+
+    divergence_hint = "lower the learning rate, raise target_ema_decay, or use loss: pseudo_huber"
+
+    def __init__(self, student: Denoiser, teacher: Denoiser, *, num_timesteps: int = 50, solver: str = "ddim",
+                 target_ema_decay: float = 0.95, loss: Literal["l2", "pseudo_huber"] = "l2", huber_c: float = 0.00054,
+                 guidance_scale: float = 1.0, guidance_range: tuple[float, float] | None = None,
+                 sigma_data: float = 0.5, timestep_scaling: float = 10.0, schedule_kwargs: dict | None = None):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.teacher.requires_grad_(False)
+        self.target = copy.deepcopy(student).requires_grad_(False)
+        self.target.attach_prepared(None)
+        # the solver grid, decreasing to the boundary (VP ends at timestep 0 as LCM does)
+        grid = sampling_times(teacher.path, num_timesteps, **(schedule_kwargs or {}))
+        self.register_buffer("grid", grid.clamp(min=max(teacher.path.t_min, 0.0)), persistent=False)
+        self.boundary = BoundaryCondition(student, float(self.grid[-1]), sigma_data, timestep_scaling)
+        self.solver, self.target_ema_decay, self.loss_kind, self.huber_c = solver, target_ema_decay, loss, huber_c
+        self.guidance_scale, self.guidance_range = guidance_scale, guidance_range
+
+    def trainable_networks(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    def _guidance(self, batch: int, generator: torch.Generator, device: torch.device) -> float | Tensor:
+        if self.guidance_range is None:
+            return self.guidance_scale
+        lo, hi = self.guidance_range
+        return lo + (hi - lo) * torch.rand(batch, generator=generator, device=device)
+
+    def loss(self, phase: str, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        x0, cond, n = batch.x0, batch.cond, len(batch)
+        index = torch.randint(0, len(self.grid) - 1, (n,), generator=generator, device=x0.device)
+        t, t_prev = self.grid[index], self.grid[index + 1]
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        x_t = self.teacher.path.add_noise(x0, eps, t)
+        with torch.no_grad():
+            denoise = self.teacher.denoise_fn(cond, self._guidance(n, generator, x0.device))
+            x_prev = solver_step(self.solver, x_t, t, t_prev, denoise, self.teacher.path)
+            target = self.boundary(self.target, x_prev, t_prev, cond)
+        pred = self.boundary(self.student, x_t, t, cond)
+        loss = consistency_distance(pred.float(), target.float(), self.loss_kind, self.huber_c).mean()
+        return loss, {"cd_loss": loss.detach()}
+
+    @torch.no_grad()
+    def after_update(self, phase: str) -> None:
+        decay = self.target_ema_decay
+        for p_target, p_student in zip(self.target.parameters(), self.student.parameters()):
+            p_target.lerp_(p_student.detach(), 1 - decay)
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return {f"target.{k}": v for k, v in self.target.state_dict().items()}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.target.load_state_dict({k.removeprefix("target."): v for k, v in state.items()})
+
+    def sampling_grid(self, num_steps: int) -> Tensor:
+        """num_steps times picked evenly from the training grid (LCMScheduler's 'leading' skip)."""
+        index = torch.linspace(0, len(self.grid) - 2, num_steps).round().long()
+        return self.grid[index]
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
+        """Multistep consistency sampling (Song et al. 2023, Alg. 1)."""
+        times = self.sampling_grid(num_steps).to(noise.device)
+        x = initial_state(noise, self.student.path, times[0])
+        for i, t in enumerate(times):
+            x0 = self.boundary(self.student, x, time_like(t, len(x), x.device), cond)
+            if i + 1 < len(times):
+                fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                x = renoise_step(x0, time_like(times[i + 1], len(x), x.device), fresh, self.student.path)
+        return x0

@@ -1,0 +1,53 @@
+"""Objective name -> (config model, builder). Each family registers itself here."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+from pydantic import BaseModel
+
+from ..config import OBJECTIVE_CONFIGS, StrictModel
+from ..models.base import Denoiser
+from .base import Objective
+from .consistency import ConsistencyDistillation
+
+Builder = Callable[[BaseModel, Denoiser, Denoiser], Objective]
+BUILDERS: dict[str, Builder] = {}
+
+
+def register(name: str, config: type[BaseModel], builder: Builder) -> None:
+    OBJECTIVE_CONFIGS[name] = config
+    BUILDERS[name] = builder
+
+
+class CDConfig(StrictModel):
+    """Consistency distillation / LCM (fewstep.objectives.consistency)."""
+
+    name: Literal["cd"] = "cd"
+    num_timesteps: int = 50
+    solver: Literal["ddim", "euler", "heun"] = "ddim"
+    target_ema_decay: float = 0.95
+    loss: Literal["l2", "pseudo_huber"] = "l2"
+    huber_c: float = 0.00054
+    guidance_scale: float = 1.0
+    guidance_range: tuple[float, float] | None = None
+    sigma_data: float = 0.5
+    timestep_scaling: float = 10.0
+    schedule: dict[str, float | str | int | bool] = {}
+
+
+def _build_cd(cfg: CDConfig, student: Denoiser, teacher: Denoiser) -> Objective:
+    return ConsistencyDistillation(
+        student, teacher, num_timesteps=cfg.num_timesteps, solver=cfg.solver, target_ema_decay=cfg.target_ema_decay,
+        loss=cfg.loss, huber_c=cfg.huber_c, guidance_scale=cfg.guidance_scale, guidance_range=cfg.guidance_range,
+        sigma_data=cfg.sigma_data, timestep_scaling=cfg.timestep_scaling, schedule_kwargs=dict(cfg.schedule))
+
+
+register("cd", CDConfig, _build_cd)
+
+
+def build_objective(cfg: BaseModel, student: Denoiser, teacher: Denoiser) -> Objective:
+    name = getattr(cfg, "name")
+    if name not in BUILDERS:
+        raise ValueError(f"unknown objective {name!r}; available: {sorted(BUILDERS)}")
+    return BUILDERS[name](cfg, student, teacher)

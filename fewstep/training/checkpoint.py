@@ -1,0 +1,97 @@
+"""Atomic, complete checkpoints.
+
+accelerate's save_state writes every prepared network, optimiser, LR scheduler, grad scaler
+and the RNG states of every process; we add the trainer's own state (step, EMA weights, the
+objective's evolving state, each rank's data position) as safetensors + JSON. Everything is
+written into a hidden temp folder that is renamed into place only when complete, so a crash
+mid-save never touches the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+LATEST = "latest"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    _write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, trainer_state: dict[str, Any],
+                    tensors: dict[str, dict[str, torch.Tensor]], data_state: dict[str, Any], keep: int) -> Path:
+    """Save everything for an exact resume; returns the checkpoint folder. Call on every rank."""
+    root = checkpoint_root(run_dir)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    _write_json_atomic(tmp / f"data_state_{accelerator.process_index}.json", data_state)
+    if accelerator.is_main_process:
+        for name, group in tensors.items():
+            if group:
+                save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
+        _write_json_atomic(tmp / "trainer_state.json", trainer_state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step replaces it whole
+        os.replace(tmp, final)
+        _write_text_atomic(root / LATEST, final.name)
+        _prune(root, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    done = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(run_dir: str | Path, which: str) -> Path:
+    """'latest' or a path -> an existing complete checkpoint folder (clear error otherwise)."""
+    if which != LATEST:
+        path = Path(which)
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a fewstep checkpoint (no trainer_state.json); "
+                                    f"pass --resume latest or a folder under {checkpoint_root(run_dir)}")
+        return path
+    pointer = checkpoint_root(run_dir) / LATEST
+    if not pointer.is_file():
+        raise FileNotFoundError(f"--resume latest: no checkpoint in {checkpoint_root(run_dir)}; "
+                                "start without --resume, or point run.output_dir at the run to continue")
+    return checkpoint_root(run_dir) / pointer.read_text().strip()
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Restore accelerate's part in place; return (trainer_state, tensor groups, this rank's data state)."""
+    accelerator.load_state(str(path))
+    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    tensors = {f.stem: load_file(str(f)) for f in path.glob("*.safetensors") if not f.stem.startswith("model")}
+    data_file = path / f"data_state_{accelerator.process_index}.json"
+    data_state = json.loads(data_file.read_text()) if data_file.is_file() else {}
+    return trainer_state, tensors, data_state

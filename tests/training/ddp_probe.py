@@ -1,0 +1,36 @@
+"""Launched by test_distributed.py under `accelerate launch --multi_gpu --num_processes 2` (gloo on CPU).
+
+Trains the toy CD recipe for a few steps and writes, per rank, the student's weights and the
+noise/time draws of that rank's step generator, so the test can compare ranks.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from fewstep.build import build_setup
+from fewstep.config import load_config
+from fewstep.training.trainer import Trainer, make_accelerator, step_generator
+
+
+def main(out_dir: str, max_steps: int, resume: str | None) -> None:
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "configs" / "cd_toy.yaml", [
+        f"run.output_dir={out_dir}", f"run.max_steps={max_steps}", "run.trackers=[]", "run.progress_bar=false",
+        "run.num_samples=0", "data.batch_size=32", "run.ema_decay=0.9"])
+    accelerator = make_accelerator(config.run)
+    setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes)
+    trainer = Trainer(setup.objective, setup.data, config.run, config.optimizers, None, accelerator)
+    trainer.fit(resume=resume)
+    rank = accelerator.process_index
+    draws = torch.rand(8, generator=step_generator(config.run.seed, rank, 0))
+    batch = setup.data.next_batch(step_generator(config.run.seed, rank, 0))
+    weights = {f"student.{k}": v.contiguous() for k, v in setup.student.state_dict().items() if "teacher" not in k}
+    save_file({**weights, "draws": draws, "first_batch": batch.x0,
+               "world_size": torch.tensor(accelerator.num_processes)}, f"{out_dir}/rank{rank}.safetensors")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
