@@ -41,7 +41,7 @@ def build_teacher(cfg: ModelConfig) -> Denoiser:
     from . import models
 
     if cfg.tiny:
-        denoiser, _ = models.tiny_denoiser(cfg.kind)
+        denoiser, _ = models.tiny_denoiser(cfg.kind, **cfg.tiny_options)
         return denoiser
     if cfg.pretrained is None:
         raise ConfigError(f"config error: model.pretrained: required for model.kind={cfg.kind!r} "

@@ -23,27 +23,29 @@ def _demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=demo.run)
 
 
-def _optional(module: str, adder: str, runner: str) -> Callable[[argparse._SubParsersAction], None]:
-    def add(sub: argparse._SubParsersAction) -> None:
-        import importlib
+def _evaluation(sub: argparse._SubParsersAction) -> None:
+    from .evaluation import cli as evaluation_cli
 
-        try:
-            mod = importlib.import_module(module, __package__)
-        except ImportError:
-            return
-        parser = getattr(mod, adder)(sub)
-        if isinstance(parser, argparse.ArgumentParser) and parser.get_default("func") is None:
-            parser.set_defaults(func=getattr(mod, runner))
-    return add
+    def with_run_dirs(runner: Callable) -> Callable:
+        def run(args: argparse.Namespace) -> int:
+            from .runs import generators_for_run
+
+            return runner(args, load_generators=generators_for_run)
+        return run
+
+    evaluation_cli.add_fid_parser(sub).set_defaults(func=with_run_dirs(evaluation_cli.run_fid))
+    evaluation_cli.add_bench_parser(sub).set_defaults(func=with_run_dirs(evaluation_cli.run_bench))
 
 
-SUBCOMMANDS = [
-    _distill,
-    _demo,
-    _optional(".evaluation.cli", "add_fid_parser", "run_fid"),
-    _optional(".evaluation.cli", "add_bench_parser", "run_bench"),
-    _optional(".data.cache", "add_cache_parser", "run_cache"),
-]
+def _cache(sub: argparse._SubParsersAction) -> None:
+    from .data import cache
+
+    parser = cache.add_cache_parser(sub)
+    if isinstance(parser, argparse.ArgumentParser):
+        parser.set_defaults(func=cache.run_cache)
+
+
+SUBCOMMANDS = [_distill, _demo, _evaluation, _cache]
 
 
 def build_parser() -> argparse.ArgumentParser:

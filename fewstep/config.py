@@ -62,6 +62,7 @@ class ModelConfig(StrictModel):
     pretrained: str | None = None  # local folder or hub id
     subfolder: str | None = None
     tiny: bool = False  # build a tiny random-config model (tests, smoke runs)
+    tiny_options: dict[str, Any] = {}  # passed to fewstep.models.tiny_denoiser (e.g. in_channels, num_classes)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     toy: ToyConfig = ToyConfig()
 
