@@ -74,9 +74,9 @@ def build_data(config: Config, teacher: Denoiser, device: torch.device, rank: in
     if kind == "synthetic":
         encode = getattr(teacher, "encode_prompts", None)
         return SyntheticSource(config.data, encode, device)
-    from .data_sources import LoaderSource
+    from .data_sources import LoaderSource, build_loader
 
-    return LoaderSource(config.data, teacher, device, rank, world_size, config.run.seed)
+    return LoaderSource(build_loader(config.data, rank, world_size, config.run.seed), teacher, device)
 
 
 def build_setup(config: Config, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Setup:

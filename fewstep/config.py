@@ -103,6 +103,14 @@ class SyntheticDataConfig(StrictModel):
     prompts: list[str] | None = None
 
 
+class AnimalMNISTDataConfig(StrictModel):
+    """The bundled task: real 28x28 Animal-MNIST silhouettes with class labels (fewstep.data.animal_mnist)."""
+
+    kind: Literal["animal_mnist"] = "animal_mnist"
+    batch_size: int = 64
+    split: Literal["train", "test"] = "train"
+
+
 class RootConfig(StrictModel):
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
@@ -129,7 +137,8 @@ class Config:
 
 # name -> pydantic model of that objective's section; filled by fewstep.objectives.registry
 OBJECTIVE_CONFIGS: dict[str, type[BaseModel]] = {}
-DATA_CONFIGS: dict[str, type[BaseModel]] = {"toy": ToyDataConfig, "synthetic": SyntheticDataConfig}
+DATA_CONFIGS: dict[str, type[BaseModel]] = {"toy": ToyDataConfig, "synthetic": SyntheticDataConfig,
+                                             "animal_mnist": AnimalMNISTDataConfig}
 # checks across sections (method/model mismatches); each raises ConfigError
 CROSS_CHECKS: list[Callable[[Config], None]] = []
 

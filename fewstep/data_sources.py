@@ -86,10 +86,8 @@ class LoaderSource:
 
     COND_KEYS = ("encoder_hidden_states", "pooled_projections", "text_embeds", "time_ids", "encoder_attention_mask")
 
-    def __init__(self, cfg: Any, teacher: Any, device: torch.device, rank: int, world_size: int, seed: int):
-        from .data import build_dataloader
-
-        self.loader = build_dataloader(cfg, rank, world_size, seed)
+    def __init__(self, loader: Any, teacher: Any, device: torch.device):
+        self.loader = loader
         self.teacher, self.device = teacher, device
         self._iterator = None
         self._last: Batch | None = None
@@ -133,6 +131,21 @@ class LoaderSource:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._iterator = None
         self.loader.load_state_dict(state)
+
+
+def build_loader(cfg: Any, rank: int, world_size: int, seed: int) -> Any:
+    """A resumable loader for any dataset kind: fewstep.data's, or the bundled Animal-MNIST train split."""
+    if cfg.kind == "animal_mnist":
+        from .data.animal_mnist import AnimalMNIST
+        from .data.loader import ResumableLoader
+        from .data.sampling import EpochBatchPlan
+
+        dataset = AnimalMNIST(cfg.split)
+        plan = EpochBatchPlan(len(dataset), cfg.batch_size, rank, world_size, seed, shuffle=True)
+        return ResumableLoader(dataset, plan, seed, f"animal_mnist {cfg.split}")
+    from .data import build_dataloader
+
+    return build_dataloader(cfg, rank, world_size, seed)
 
 
 def register_data_configs() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from fewstep import distill
 from fewstep.models import tiny_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,11 +20,15 @@ def trained_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "checkpoints" / latest / "model.safetensors")
 
 
-def test_cli_full_finetune_on_tiny_unet(tmp_path):
+def run_cli(out: Path, *overrides: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "fewstep.distill", "--config", RECIPE, f"run.output_dir={tmp_path}", *COMMON],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "fewstep.distill", "--config", RECIPE, f"run.output_dir={out}", *COMMON,
+                           *overrides], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_cli_full_finetune_on_tiny_unet(tmp_path):
+    run_cli(tmp_path)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "metrics.jsonl").is_file()
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step00000004_1step.png", "step00000004_2step.png"]
     assert (tmp_path / "loss_curves.png").is_file()
@@ -37,7 +40,9 @@ def test_cli_full_finetune_on_tiny_unet(tmp_path):
 
 
 def test_lora_student_trains_only_adapters(tmp_path):
-    assert distill.main(["--config", RECIPE, f"run.output_dir={tmp_path}", "student.lora.rank=4", *COMMON]) == 0
+    # the usual memory-lean combination: LoRA + bf16 autocast + gradient checkpointing
+    # (a subprocess: accelerate fixes the precision of a process at its first Accelerator)
+    run_cli(tmp_path, "student.lora.rank=4", "run.mixed_precision=bf16", "run.gradient_checkpointing=true")
     teacher, _ = tiny_denoiser("unet2d")
     reference = {f"model.{k}": v for k, v in teacher.model.state_dict().items()}
     student = trained_weights(tmp_path)

@@ -79,6 +79,8 @@ class Denoiser(nn.Module):
         if cond is None or (scalar and float(guidance_scale) == 1.0):
             return self.call_network(x_t, t, cond)
         uncond = null_cond if null_cond is not None else self.null_cond(cond)
+        t = torch.as_tensor(t, device=x_t.device)
+        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
         both = self.call_network(torch.cat([x_t, x_t]), torch.cat([t, t]), cat_conds(cond, uncond))
         pred_cond, pred_uncond = both.chunk(2)
         w = guidance_scale if scalar else torch.as_tensor(guidance_scale).reshape(-1, *([1] * (x_t.ndim - 1))).to(pred_cond)
