@@ -23,6 +23,48 @@ class Setup:
     student: Denoiser
     objective: Objective
     data: object  # a fewstep.training.trainer.BatchSource
+    text_encoder: object | None = None  # prompts -> cond (frozen, cached), for text-conditional families
+
+
+TEXT_FAMILIES = {"unet2d_condition": "sd15", "sd3": "sd3", "flux": "flux", "sana": "sana"}
+
+
+def build_text_encoder(cfg: ModelConfig, teacher: Denoiser):
+    """The frozen text conditioner of a text-conditional teacher (None for class/unconditional models).
+
+    Also stores its empty-prompt embeddings on the teacher for classifier-free guidance.
+    """
+    if cfg.kind not in TEXT_FAMILIES:
+        return None
+    from .models import encoders, tiny
+
+    family = "sdxl" if getattr(teacher, "is_sdxl", False) else TEXT_FAMILIES[cfg.kind]
+    if cfg.tiny:
+        conditioner = encoders.build_conditioner(family, **tiny.tiny_pipeline_components(family))
+    else:
+        conditioner = encoders.CONDITIONERS[family].from_pretrained(cfg.pretrained, dtype=DTYPES[cfg.dtype])
+    teacher.set_null_cond(conditioner.null_cond())  # type: ignore[attr-defined]
+    if getattr(teacher, "has_guidance", False):
+        if cfg.embedded_guidance is None:
+            raise ConfigError("config error: model.embedded_guidance: required for a guidance-distilled teacher "
+                              "(FLUX-dev style guidance embedding), e.g. model.embedded_guidance=3.5")
+        return WithEmbeddedGuidance(conditioner, cfg.embedded_guidance)
+    return conditioner
+
+
+class WithEmbeddedGuidance:
+    """Adds the per-sample guidance embedding value (FLUX-dev) to every encoded conditioning."""
+
+    def __init__(self, conditioner, value: float):
+        self.conditioner, self.value = conditioner, value
+
+    def __call__(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        cond = dict(self.conditioner(prompts))
+        cond["guidance"] = torch.full((len(prompts),), self.value)
+        return cond
+
+    def null_cond(self) -> dict[str, torch.Tensor]:
+        return self.conditioner.null_cond()
 
 
 def toy_path(name: str) -> GaussianPath:
@@ -65,18 +107,16 @@ def build_student(teacher: Denoiser, cfg: StudentConfig, model_cfg: ModelConfig)
     return student
 
 
-def build_data(config: Config, teacher: Denoiser, device: torch.device, rank: int = 0, world_size: int = 1):
-    from .data_sources import SyntheticSource, ToySource
+def build_data(config: Config, teacher: Denoiser, device: torch.device, rank: int = 0, world_size: int = 1,
+               text_encoder: object | None = None):
+    from .data_sources import LoaderSource, SyntheticSource, ToySource, build_loader
 
     kind = config.data.kind
     if kind == "toy":
         return ToySource(teacher.mixture, config.data, device)  # type: ignore[attr-defined]
     if kind == "synthetic":
-        encode = getattr(teacher, "encode_prompts", None)
-        return SyntheticSource(config.data, encode, device)
-    from .data_sources import LoaderSource, build_loader
-
-    return LoaderSource(build_loader(config.data, rank, world_size, config.run.seed), teacher, device)
+        return SyntheticSource(config.data, text_encoder, device)
+    return LoaderSource(build_loader(config.data, rank, world_size, config.run.seed), text_encoder, device)
 
 
 def build_setup(config: Config, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Setup:
@@ -84,12 +124,13 @@ def build_setup(config: Config, device: torch.device | str = "cpu", rank: int = 
 
     set_seed(config.run.seed)  # same seed on every rank: identical initial weights everywhere
     teacher = build_teacher(config.model)
+    text_encoder = build_text_encoder(config.model, teacher)  # before the copy: the student shares the null cond
     student = build_student(teacher, config.student, config.model)
     if config.run.gradient_checkpointing and hasattr(student, "enable_gradient_checkpointing"):
         student.enable_gradient_checkpointing()
     objective = build_objective(config.objective, student, teacher)
-    data = build_data(config, teacher, torch.device(device), rank, world_size)
-    return Setup(teacher, student, objective, data)
+    data = build_data(config, teacher, torch.device(device), rank, world_size, text_encoder)
+    return Setup(teacher, student, objective, data, text_encoder)
 
 
 def _check_toy_pairing(config: Config) -> None:

@@ -64,6 +64,7 @@ class ModelConfig(StrictModel):
     tiny: bool = False  # build a tiny random-config model (tests, smoke runs)
     tiny_options: dict[str, Any] = {}  # passed to fewstep.models.tiny_denoiser (e.g. in_channels, num_classes)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    embedded_guidance: float | None = None  # guidance-distilled teachers (FLUX-dev): the guidance embedding value
     toy: ToyConfig = ToyConfig()
 
 

@@ -57,7 +57,7 @@ class SyntheticSource:
             if self.encode is None:
                 raise ValueError("data.prompts needs a text encoder for this model family")
             picks = [self.cfg.prompts[i % len(self.cfg.prompts)] for i in range(n)]
-            return self.encode(picks)
+            return {k: v.to(self.device) for k, v in self.encode(picks).items()}
         return None
 
     def next_batch(self, generator: torch.Generator) -> Batch:
@@ -86,9 +86,9 @@ class LoaderSource:
 
     COND_KEYS = ("encoder_hidden_states", "pooled_projections", "text_embeds", "time_ids", "encoder_attention_mask")
 
-    def __init__(self, loader: Any, teacher: Any, device: torch.device):
+    def __init__(self, loader: Any, text_encoder: Any, device: torch.device):
         self.loader = loader
-        self.teacher, self.device = teacher, device
+        self.text_encoder, self.device = text_encoder, device
         self._iterator = None
         self._last: Batch | None = None
 
@@ -101,10 +101,10 @@ class LoaderSource:
         if "class_labels" in raw:
             cond["class_labels"] = raw["class_labels"].to(self.device)
         if not cond and "prompt" in raw:
-            encode = getattr(self.teacher, "encode_prompts", None)
-            if encode is None:
-                raise ValueError("this teacher has no text encoder attached; cache text embeddings with `fewstep cache`")
-            cond = encode(list(raw["prompt"]))
+            if self.text_encoder is None:
+                raise ValueError("prompts in the data but this teacher has no text encoder; use a text-conditional "
+                                 "model kind, or cache text embeddings with `fewstep cache`")
+            cond = {k: v.to(self.device) for k, v in self.text_encoder(list(raw["prompt"])).items()}
         return Batch(x0.to(self.device), cond or None)
 
     def next_batch(self, generator: torch.Generator) -> Batch:

@@ -25,11 +25,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config, args.overrides)
+        accelerator = make_accelerator(config.run)
+        setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    accelerator = make_accelerator(config.run)
-    setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes)
     trainer = Trainer(setup.objective, setup.data, config.run, config.optimizers, config.to_dict(), accelerator)
     try:
         trainer.fit(resume=args.resume)

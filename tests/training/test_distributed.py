@@ -49,3 +49,15 @@ def test_two_processes_sync_gradients_and_resume(tmp_path):
         assert (s0[k] == r0[k]).all(), f"{k} differs after a 2-process resume"
     assert sorted(p.name for p in (split / "checkpoints" / "step-00000004").glob("random_states_*")) == \
         ["random_states_0.pkl", "random_states_1.pkl"]
+
+
+def test_accelerate_launch_module_entry(tmp_path):
+    """The documented entry: `accelerate launch -m fewstep.distill --config ...`."""
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    cmd = [accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "fewstep.distill", "--config", str(ROOT / "configs" / "cd_toy.yaml"),
+           f"run.output_dir={tmp_path}", "run.max_steps=3", "run.trackers=[]", "run.progress_bar=false", "run.num_samples=0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "step-00000003" / "model.safetensors").is_file()
