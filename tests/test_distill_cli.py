@@ -12,7 +12,7 @@ from fewstep.models import tiny_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "cd_unet2d_tiny.yaml")
-COMMON = ["run.trackers=[]", "run.progress_bar=false"]
+COMMON = ["run.progress_bar=false"]
 
 
 def trained_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -32,6 +32,7 @@ def test_cli_full_finetune_on_tiny_unet(tmp_path):
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "metrics.jsonl").is_file()
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step00000004_1step.png", "step00000004_2step.png"]
     assert (tmp_path / "loss_curves.png").is_file()
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))  # TensorBoard through accelerate's tracker
     teacher, _ = tiny_denoiser("unet2d")
     reference = {f"model.{k}": v for k, v in teacher.model.state_dict().items()}
     student = trained_weights(tmp_path)

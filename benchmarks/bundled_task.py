@@ -1,0 +1,142 @@
+"""The bundled Animal-MNIST task: distil the committed teacher with every landed objective at a fixed
+budget and measure FD (bundled classifier features, vs the held-out test split) per method x steps.
+
+    python benchmarks/bundled_task.py                       # all recipes configs/<method>_animal_mnist.yaml
+    python benchmarks/bundled_task.py --methods cd --train-steps 400 --num-eval 1000
+    python benchmarks/bundled_task.py --inception 2048      # + Inception FID (grey->RGB, clean resize) for the
+                                                            #   teacher (32 steps) and each method's best setting
+
+Writes benchmarks/results/bundled_task.json, bundled_task.md and bundled_task.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, write_result  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER_STEPS = (1, 2, 4, 8, 16, 32)
+STUDENT_STEPS = (1, 2, 4)
+
+
+def available_methods() -> list[str]:
+    return sorted(p.name.removesuffix("_animal_mnist.yaml") for p in (REPO / "configs").glob("*_animal_mnist.yaml"))
+
+
+def distil(method: str, train_steps: int | None, out_root: Path):
+    from fewstep.build import build_setup
+    from fewstep.config import load_config
+    from fewstep.training.trainer import Trainer
+
+    overrides = [f"run.output_dir={out_root / method}", "run.progress_bar=false", "run.trackers=[]",
+                 *([f"run.max_steps={train_steps}"] if train_steps else [])]
+    config = load_config(REPO / "configs" / f"{method}_animal_mnist.yaml", overrides)
+    setup = build_setup(config)
+    start = time.perf_counter()
+    Trainer(setup.objective, setup.data, config.run, config.optimizers, config.to_dict()).fit()
+    return setup, config, time.perf_counter() - start
+
+
+def inception_fid(images: torch.Tensor, reference: torch.Tensor) -> float:
+    from fewstep.evaluation.features import load_fid_inception
+    from fewstep.evaluation.frechet import frechet_distance
+    from fewstep.evaluation.pipeline import FeaturePipeline
+    from fewstep.evaluation.stats import compute_stats
+
+    pipeline = FeaturePipeline(load_fid_inception(), pixel_range="minus_one_one", resize_mode="clean")
+    rgb = lambda x: x.clamp(-1, 1).expand(-1, 3, -1, -1)  # noqa: E731  (grey silhouettes as RGB)
+    gen = compute_stats(rgb(images), pipeline, allow_small=True, progress=False)
+    ref = compute_stats(rgb(reference), pipeline, allow_small=True, progress=False)
+    return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(available_methods()))
+    parser.add_argument("--train-steps", type=int, default=None, help="budget per method (default: each recipe's)")
+    parser.add_argument("--num-eval", type=int, default=1000)
+    parser.add_argument("--inception", type=int, default=0, help="also Inception FID on this many samples (>= 2048)")
+    parser.add_argument("--out", default="runs/bundled_task")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    from fewstep.data.animal_mnist import load_animal_mnist, to_model_range
+    from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate
+    from fewstep.sampling import sample_ode
+
+    rows, times, best = [], {}, {}
+    teacher = guidance = None
+    for method in [m for m in args.methods.split(",") if m]:
+        setup, config, seconds = distil(method, args.train_steps, Path(args.out))
+        times[method] = {"train_seconds": seconds, "train_steps": config.run.max_steps}
+        if teacher is None:
+            teacher, guidance = setup.teacher, config.objective.guidance_scale
+        setup.student.eval()
+        for steps in STUDENT_STEPS:
+            gen = torch.Generator().manual_seed(7)
+            x = generate(lambda z, c: setup.objective.sample(z, steps, c, gen), args.num_eval)
+            rows.append({"model": method, "steps": steps, "fd": fd_to_test(x)})
+            print(rows[-1], flush=True)
+        best_row = min((r for r in rows if r["model"] == method), key=lambda r: r["fd"])
+        best[method] = (setup, best_row["steps"])
+    for steps in TEACHER_STEPS:
+        x = generate(lambda z, c: sample_ode(teacher, z, steps, c, guidance, solver="euler"), args.num_eval)
+        rows.append({"model": f"teacher (Euler, CFG {guidance})", "steps": steps, "fd": fd_to_test(x)})
+        print(rows[-1], flush=True)
+    payload = {"metric": "FD, bundled classifier features, vs test split", "num_eval": args.num_eval,
+               "rows": rows, "training": times, "reference": floor_and_ceiling(args.num_eval)}
+    if args.inception:
+        train_images, _ = load_animal_mnist("train")
+        reference = to_model_range(train_images[:args.inception])
+        fids = {"teacher_32step": inception_fid(
+            generate(lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler"), args.inception), reference)}
+        for method, (setup, steps) in best.items():
+            gen = torch.Generator().manual_seed(7)
+            fids[f"{method}_{steps}step"] = inception_fid(
+                generate(lambda z, c: setup.objective.sample(z, steps, c, gen), args.inception), reference)
+        payload["inception_fid_vs_train"] = {"num_samples": args.inception, "values": fids}
+    write_result("bundled_task", payload)
+    write_table_and_plot(payload)
+
+
+def write_table_and_plot(payload: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in payload["rows"]))
+    steps = sorted({r["steps"] for r in payload["rows"]})
+    table = {(r["model"], r["steps"]): r["fd"] for r in payload["rows"]}
+    lines = ["| model | " + " | ".join(f"{s} step{'s' if s > 1 else ''}" for s in steps) + " |",
+             "|---|" + "---|" * len(steps)]
+    for m in models:
+        lines.append(f"| {m} | " + " | ".join(f"{table[(m, s)]:.2f}" if (m, s) in table else "" for s in steps) + " |")
+    ref = payload["reference"]
+    lines.append(f"\nFloor (real train vs test): {ref['train_vs_test']:.2f}; noise vs test: {ref['noise_vs_test']:.1f}; "
+                 f"{payload['num_eval']} samples per cell.")
+    (RESULTS / "bundled_task.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for m in models:
+        pts = sorted((s, v) for (mm, s), v in table.items() if mm == m)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.axhline(ref["train_vs_test"], color="gray", ls="--", label="real data (floor)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("FD (classifier features)")
+    ax.legend(fontsize=7)
+    fig.savefig(RESULTS / "bundled_task.png", dpi=120, bbox_inches="tight")
+    print(json.dumps({"table": str(RESULTS / "bundled_task.md")}))
+
+
+if __name__ == "__main__":
+    main()
