@@ -4,6 +4,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import sys  # noqa: E402
+
+if "triton" not in sys.modules:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        # Triton kernels run on CPU through the interpreter; it must be chosen before triton is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 
