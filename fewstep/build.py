@@ -126,11 +126,26 @@ def build_setup(config: Config, device: torch.device | str = "cpu", rank: int = 
     teacher = build_teacher(config.model)
     text_encoder = build_text_encoder(config.model, teacher)  # before the copy: the student shares the null cond
     student = build_student(teacher, config.student, config.model)
+    apply_attention_backend(config.run.attention_backend, teacher, student)
     if config.run.gradient_checkpointing and hasattr(student, "enable_gradient_checkpointing"):
         student.enable_gradient_checkpointing()
     objective = build_objective(config.objective, student, teacher)
     data = build_data(config, teacher, torch.device(device), rank, world_size, text_encoder)
     return Setup(teacher, student, objective, data, text_encoder)
+
+
+def apply_attention_backend(backend: str, *denoisers: Denoiser) -> None:
+    """run.attention_backend for every diffusers network of the recipe (teacher, student, ...)."""
+    if backend == "sdpa":
+        return
+    networks = [d.model for d in denoisers if hasattr(d, "model")]
+    if not networks:
+        raise ConfigError(f"config error: run.attention_backend: {backend!r} applies to diffusers models; "
+                          "this model has no attention (use 'sdpa')")
+    from .kernels import set_attention_backend
+
+    for network in networks:
+        set_attention_backend(network, backend)
 
 
 def _check_toy_pairing(config: Config) -> None:

@@ -25,3 +25,17 @@ def test_cd_recipe_runs_and_trains(family, lora, tmp_path):
     assert bool(lora_keys) == lora
     assert all(torch.isfinite(v).all() for v in state.values())
     assert len(list((tmp_path / "samples").glob("*.png"))) == 2
+
+
+def test_fewstep_attention_backend_runs_training(tmp_path):
+    """run.attention_backend=fewstep routes every attention of teacher and student through our kernels."""
+    overrides = [f"run.output_dir={tmp_path}", "run.trackers=[]", "run.progress_bar=false", "run.max_steps=1",
+                 "run.checkpoint_every=0", "run.num_samples=0", "run.attention_backend=fewstep"]
+    assert distill.main(["--config", str(ROOT / "configs" / "cd_sd3_tiny.yaml"), *overrides]) == 0
+    from fewstep.build import build_setup
+    from fewstep.config import load_config
+
+    setup = build_setup(load_config(ROOT / "configs" / "cd_sd3_tiny.yaml", overrides))
+    for network in (setup.teacher.model, setup.student.model):
+        processors = {type(p).__name__ for p in network.attn_processors.values()}
+        assert processors and all(name.startswith("JVP") for name in processors), processors
