@@ -45,7 +45,14 @@ def _cache(sub: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=cache.run_cache)
 
 
-SUBCOMMANDS = [_distill, _demo, _evaluation, _cache]
+def _export(sub: argparse._SubParsersAction) -> None:
+    from .export import cli as export_cli
+
+    export_cli.add_export_parser(sub)
+    export_cli.add_sample_parser(sub)
+
+
+SUBCOMMANDS = [_distill, _demo, _evaluation, _cache, _export]
 
 
 def build_parser() -> argparse.ArgumentParser:

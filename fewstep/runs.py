@@ -37,7 +37,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", ema: bool = False,
         params = [p for p in setup.student.parameters() if p.requires_grad]
         for i, p in enumerate(params):
             p.data.copy_(shadow[str(i)])
-    return setup.__class__(setup.teacher, setup.student.to(device).eval(), setup.objective.to(device), setup.data)
+    return setup.__class__(setup.teacher, setup.student.to(device).eval(), setup.objective.to(device), setup.data,
+                           setup.text_encoder)
 
 
 def make_generate_fn(setup: Setup, device: torch.device | str = "cpu") -> GenerateFn:

@@ -116,6 +116,13 @@ class ConsistencyDistillation(Objective):
         index = torch.linspace(0, len(self.grid) - 2, num_steps).round().long()
         return self.grid[index]
 
+    def export_scheduler(self, steps: tuple[int, ...] = (1, 2, 4)):
+        """The diffusers scheduler + exact timesteps/sigmas that reproduce `sample` (used by `fewstep export`):
+        LCMScheduler (VP) or FlowMatchEulerDiscreteScheduler(stochastic_sampling) (flow) on sampling_grid."""
+        from ..export.schedulers import default_export_scheduler
+
+        return default_export_scheduler(self, steps, method="cd")
+
     @torch.no_grad()
     def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
         """Multistep consistency sampling (Song et al. 2023, Alg. 1)."""
