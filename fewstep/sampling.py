@@ -12,9 +12,18 @@ from .objectives.base import initial_state, time_like
 
 @torch.no_grad()
 def sample_ode(denoiser: Denoiser, noise: Tensor, num_steps: int, cond: Cond | None = None,
-               guidance_scale: float = 1.0, solver: str = "euler", **schedule_kwargs: object) -> Tensor:
-    """Deterministic teacher sampling on the diffusers grid of `num_steps` (Euler / DDIM / Heun)."""
-    times = sampling_times(denoiser.path, num_steps, **schedule_kwargs).to(noise.device)
+               guidance_scale: float = 1.0, solver: str = "euler", grid: str = "diffusers",
+               **schedule_kwargs: object) -> Tensor:
+    """Deterministic teacher sampling (Euler / DDIM / Heun) on the diffusers grid of `num_steps`, or on an
+    even grid in path time (`grid="uniform"`: fairer at 1-4 steps, where diffusers' flow grid spends
+    its last step between sigma 0.001 and 0)."""
+    if grid == "uniform":
+        times = torch.linspace(denoiser.path.t_max, max(denoiser.path.t_min, 0.0), num_steps + 1, dtype=torch.float64)
+    elif grid == "diffusers":
+        times = sampling_times(denoiser.path, num_steps, **schedule_kwargs)
+    else:
+        raise ValueError(f"grid must be 'diffusers' or 'uniform', got {grid!r}")
+    times = times.to(noise.device)
     x = initial_state(noise, denoiser.path, times[0])
     denoise = denoiser.denoise_fn(cond, guidance_scale)
     for t, t_next in zip(times[:-1], times[1:]):

@@ -119,4 +119,4 @@ def test_committed_teacher_loads_and_matches_manifest():
         velocity = model(x, torch.full((4,), 500.0), labels).sample
     assert velocity.shape == x.shape and torch.isfinite(velocity).all()
     assert not torch.allclose(velocity[0], velocity[1])  # the class label reaches the output
-    assert manifest["fd"]["cfg1"]["32"] < manifest["fd_noise_vs_test"] / 10  # a trained teacher, not noise
+    assert manifest["fd"]["uniform_cfg1"]["32"] < manifest["fd_noise_vs_test"] / 10  # a trained teacher, not noise
