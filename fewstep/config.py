@@ -202,7 +202,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def build_config(raw: dict[str, Any]) -> Config:
-    from .objectives import registry  # noqa: F401  (registers objective configs)
+    from .objectives import registry
+
+    registry.register_all()
     from .data_sources import register_data_configs
 
     register_data_configs()

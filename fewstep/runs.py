@@ -29,12 +29,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", ema: bool = False,
     setup = build_setup(build_config(yaml.safe_load(config_file.read_text())), device)
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = setup.student.load_state_dict(state, strict=False)
+    student = setup.objective.trainable_networks()["student"]  # e.g. Phased DMD's expert mixture
+    missing, unexpected = student.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.startswith("teacher.")]:
         raise ValueError(f"checkpoint {path} does not fit the run's student: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if ema:
         shadow = load_file(str(path / "ema_student.safetensors"))
-        params = [p for p in setup.student.parameters() if p.requires_grad]
+        params = [p for p in student.parameters() if p.requires_grad]
         for i, p in enumerate(params):
             p.data.copy_(shadow[str(i)])
     return setup.__class__(setup.teacher, setup.student.to(device).eval(), setup.objective.to(device), setup.data,

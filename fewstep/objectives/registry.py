@@ -47,7 +47,20 @@ register("cd", CDConfig, _build_cd)
 
 
 def build_objective(cfg: BaseModel, student: Denoiser, teacher: Denoiser) -> Objective:
+    register_all()
     name = getattr(cfg, "name")
     if name not in BUILDERS:
         raise ValueError(f"unknown objective {name!r}; available: {sorted(BUILDERS)}")
     return BUILDERS[name](cfg, student, teacher)
+
+
+FAMILY_MODULES = ("dmd", "dmd_decoupled", "dmd_phased")
+
+
+def register_all() -> None:
+    """Import every objective family; each registers its configs and builders on import.
+    (Lazy: the family modules import `register` from here.)"""
+    import importlib
+
+    for module in FAMILY_MODULES:
+        importlib.import_module(f"{__package__}.{module}")

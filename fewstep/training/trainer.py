@@ -78,6 +78,7 @@ class Trainer:
         self.ema = self._build_ema()
         self.step = 0
         self.last_checkpoint: Path | None = None
+        self._diagnostic_batch: Batch | None = None
         self.history: list[dict[str, float]] = []
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +170,8 @@ class Trainer:
         logs: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             batch = self.data.next_batch(generator)
+            if self._diagnostic_batch is None:
+                self._diagnostic_batch = batch  # kept for diagnostics grids without moving the data position
             sync = micro == accum - 1
             with (contextlib.nullcontext() if sync else acc.no_sync(model)), acc.autocast():
                 loss, micro_logs = self.objective.loss(phase, batch, generator)
@@ -216,6 +219,12 @@ class Trainer:
                 x = self.objective.sample(noise, steps, cond, torch.Generator(device=acc.device).manual_seed(self.run.seed + 1))
                 paths.append(save_samples(x.float().cpu(), self.run_dir / "samples" / f"step{self.step:08d}_{steps}step.png",
                                           title=f"step {self.step}, {steps}-step"))
+            if hasattr(self.objective, "diagnostics") and self._diagnostic_batch is not None:
+                # e.g. DMD: generator output next to real- and fake-score x0 predictions at the same noise
+                images = self.objective.diagnostics(self._diagnostic_batch, torch.Generator(device=acc.device).manual_seed(self.run.seed))
+                for name, x in images.items():
+                    if x.ndim == 4:
+                        paths.append(save_samples(x.float().cpu(), self.run_dir / "samples" / f"step{self.step:08d}_diag_{name}.png"))
         return paths
 
     def _sample_shape(self) -> tuple[int, ...]:

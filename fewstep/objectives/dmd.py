@@ -1,0 +1,386 @@
+"""Distribution Matching Distillation: DMD (Yin et al. 2024, CVPR) and DMD2 (Yin et al. 2024, NeurIPS).
+
+The generator G is the student's x0 prediction at fixed student times (one time: a 1-step generator).
+Its update follows the gradient of KL(p_fake || p_real) over noise levels t (DMD Eq. 7-8):
+
+    grad = (x0_fake(x_t) - x0_real(x_t)) / mean|x - x0_real(x_t)|,   x_t = a_t x + s_t eps, x = G(z)
+
+(the score difference s_fake - s_real = a_t (x0_fake - x0_real) / s_t^2; DMD's weight s_t^2 / a_t / mean|.|
+cancels the prefactor), applied through the surrogate 0.5 ||x - sg(x - grad)||^2, whose gradient in x is
+`grad` (over the number of elements, as DMD2's code reduces by the mean). x0_real is the frozen teacher
+with CFG, x0_fake a denoiser of p_fake trained by denoising score matching on G's samples
+(fewstep.objectives.fake_score). DMD adds a regression loss on teacher ODE pairs (Eq. 9); DMD2 drops it
+and adds two-time-scale updates (§4.2), a GAN head on the fake score (§4.3) and multi-step generators
+trained on backward-simulated inputs (§4.4).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import field_validator
+from torch import Tensor, nn
+
+from ..config import StrictModel
+from ..diffusion import renoise_step
+from ..diffusion.timesteps import _trainable_range
+from ..models.base import NON_BATCHED_COND_KEYS, Cond, Denoiser
+from . import gan
+from .base import Batch, Objective, Phase, initial_state, time_like
+from .fake_score import FakeScore, build_fake_score
+from .registry import register
+
+
+# ---- the DMD update, as functions (shared by every variant and by tests) ----
+def dmd_gradient(x: Tensor, real_x0: Tensor, fake_x0: Tensor) -> Tensor:
+    """DMD Eq. 7-8: (fake - real) weighted per sample by 1 / mean_{non-batch} |x - real|."""
+    x, real_x0, fake_x0 = x.float(), real_x0.float(), fake_x0.float()
+    weight = 1.0 / (x - real_x0).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+    return (fake_x0 - real_x0) * weight
+
+
+def surrogate_loss(x: Tensor, grad: Tensor) -> Tensor:
+    """0.5 ||x - sg(x - grad)||^2, mean over elements: d loss / dx = grad / x.numel()."""
+    x = x.float()
+    return 0.5 * (x - (x - grad.float()).detach()).pow(2).mean()
+
+
+def pairwise_diversity(x: Tensor) -> Tensor:
+    """Mean pairwise L2 distance between samples (per sqrt(dim)): a collapse alarm across seeds."""
+    flat = x.detach().float().flatten(1)
+    if flat.shape[0] < 2:
+        return flat.new_zeros(())
+    return torch.pdist(flat).mean() / math.sqrt(flat.shape[1])
+
+
+def interval_times(lo: float | Tensor, hi: float | Tensor, n: int, generator: torch.Generator, device: torch.device,
+                   fractions: tuple[float, float] = (0.0, 1.0), shift: float = 1.0) -> Tensor:
+    """n times lo + (hi - lo) u, u uniform on `fractions` then shifted u -> shift u / (1 + (shift - 1) u)
+    (SD3's shift, which moves mass towards hi)."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+    u = fractions[0] + (fractions[1] - fractions[0]) * u
+    if shift != 1.0:
+        u = shift * u / (1 + (shift - 1) * u)
+    lo = torch.as_tensor(lo, dtype=torch.float64, device=device)
+    hi = torch.as_tensor(hi, dtype=torch.float64, device=device)
+    return lo + (hi - lo) * u
+
+
+def load_regression_pairs(path: str | Path) -> tuple[Tensor, Tensor, Cond | None]:
+    """(noise, teacher ODE sample, cond) written by scripts/make_dmd_pairs.py."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"regression pairs {path} not found; make them with scripts/make_dmd_pairs.py")
+    tensors = load_file(str(path))
+    if "noise" not in tensors or "sample" not in tensors:
+        raise ValueError(f"{path} is not a DMD pair file (needs 'noise' and 'sample'; has {sorted(tensors)})")
+    cond = {k.removeprefix("cond."): v for k, v in tensors.items() if k.startswith("cond.")}
+    return tensors["noise"], tensors["sample"], cond or None
+
+
+class DistributionMatching(Objective):
+    """DMD / DMD2. Networks: student (the generator) and fake_score (+ its GAN head)."""
+
+    divergence_hint = ("lower optimizers.student.lr, raise fake_score_updates, or check that the generator does not "
+                       "reproduce the real score's x0 exactly (the DMD weight divides by mean|x - real_x0|)")
+
+    def __init__(self, student: Denoiser, teacher: Denoiser, fake_score: FakeScore | None, *,
+                 student_times: list[float] | None = None, guidance_scale: float = 1.0,
+                 time_range: tuple[float, float] = (0.02, 0.98), time_shift: float = 1.0, fake_score_updates: int = 1,
+                 backward_simulation: bool = True, gan_generator_weight: float = 0.0,
+                 gan_discriminator_weight: float = 0.0, regression_pairs: str | Path | None = None,
+                 regression_weight: float = 0.25, regression_batch_size: int | None = None):
+        super().__init__()
+        self.student, self.teacher, self.fake_score = student, teacher, fake_score
+        self.teacher.requires_grad_(False)
+        if fake_score is not None:  # a LoRA fake score lives on the teacher's modules: keep the adapter trainable
+            fake_score.requires_grad_(True)
+        path = teacher.path
+        times = student_times if student_times is not None else [path.t_max]
+        if any(a <= b for a, b in zip(times, times[1:])):
+            raise ValueError(f"student_times must be strictly decreasing path times, got {times}")
+        self.register_buffer("times", torch.tensor(times, dtype=torch.float64), persistent=False)
+        self.guidance_scale, self.time_range, self.time_shift = guidance_scale, tuple(time_range), time_shift
+        self.fake_score_updates, self.backward_simulation = fake_score_updates, backward_simulation
+        self.gan_generator_weight, self.gan_discriminator_weight = gan_generator_weight, gan_discriminator_weight
+        if (gan_generator_weight or gan_discriminator_weight) and (fake_score is None or fake_score.head is None):
+            raise ValueError("GAN weights need a fake score with a discriminator head (gan.enabled)")
+        self.regression_weight, self.regression_batch_size = regression_weight, regression_batch_size
+        self.regression_cond: Cond | None = None
+        if regression_pairs is not None:
+            noise, sample, self.regression_cond = load_regression_pairs(regression_pairs)
+            self.register_buffer("regression_noise", noise, persistent=False)
+            self.register_buffer("regression_sample", sample, persistent=False)
+
+    # ---- the trainer's view ----
+    def trainable_networks(self) -> dict[str, nn.Module]:
+        nets: dict[str, nn.Module] = {"student": self.student}
+        if self.fake_score is not None:
+            nets["fake_score"] = self.fake_score
+        return nets
+
+    def phases(self) -> list[Phase]:
+        """DMD2 §4.2: `fake_score_updates` fake-score steps per generator step (two time-scale)."""
+        generator_phase = Phase("generator", "student")
+        if self.fake_score is None:
+            return [generator_phase]
+        return [Phase("fake_score", "fake_score", self.fake_score_updates), generator_phase]
+
+    def loss(self, phase: str, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        if phase == "fake_score":
+            return self.fake_score_loss(batch, generator)
+        if phase == "generator":
+            return self.generator_loss(batch, generator)
+        raise ValueError(f"unknown phase {phase!r}")
+
+    # ---- noise levels ----
+    def noise_times(self, n: int, generator: torch.Generator, device: torch.device,
+                    fractions: tuple[float, float] | None = None) -> Tensor:
+        """DMD's t ~ U[min, max] fraction of the path (DMD2: 0.02-0.98 of the timesteps)."""
+        lo, hi = _trainable_range(self.teacher.path)
+        return interval_times(lo, hi, n, generator, device, fractions or self.time_range, self.time_shift)
+
+    def noise_like(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    # ---- the generator ----
+    def generator_inputs(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(x_t, t) fed to the trained generator step, one student time per sample.
+
+        Step 0 starts from pure noise. Later steps (DMD2 §4.4): with backward simulation the inputs are the
+        student's own multi-step sampling from noise (no grad, fresh noise at each re-noising); without it,
+        real data noised to t (DMD2's ablation).
+        """
+        n, device = len(batch), batch.x0.device
+        k = len(self.times)
+        index = (torch.randint(0, k, (n,), generator=generator, device=device) if k > 1
+                 else torch.zeros(n, dtype=torch.long, device=device))
+        t = self.times[index]
+        noise = self.noise_like(batch.x0, generator)
+        start = initial_state(noise, self.teacher.path, self.times[0])
+        if k == 1:
+            return start, t
+        if not self.backward_simulation:
+            noisy_data = self.teacher.path.add_noise(batch.x0, noise, t)
+            return torch.where(_per_sample(index == 0, start), start, noisy_data), t
+        return self.backward_simulate(start, index, batch.cond, generator), t
+
+    @torch.no_grad()
+    def backward_simulate(self, start: Tensor, index: Tensor, cond: Cond | None, generator: torch.Generator) -> Tensor:
+        """The student's own sampler from x_{t_0} = start; returns, per sample, its state at times[index]."""
+        x, out = start, start.clone()
+        for j in range(int(index.max())):
+            x0 = self.student.predict(x, time_like(self.times[j], len(x), x.device), cond)
+            x = renoise_step(x0, time_like(self.times[j + 1], len(x), x.device), self.noise_like(x, generator),
+                             self.teacher.path)
+            out = torch.where(_per_sample(index == j + 1, x), x, out)
+        return out
+
+    def generate(self, batch: Batch, generator: torch.Generator) -> Tensor:
+        x_t, t = self.generator_inputs(batch, generator)
+        return self.student.predict(x_t, t, batch.cond)
+
+    def generator_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        x = self.generate(batch, generator)
+        loss, logs = self.matching_loss(x, batch, generator)
+        if self.gan_generator_weight:
+            t = self.noise_times(len(x), generator, x.device)
+            noisy = self.teacher.path.add_noise(x, self.noise_like(x, generator), t)
+            _, logits = self.fake_score.forward_with_logits(noisy, t, batch.cond, wrapped=False)  # type: ignore[union-attr]
+            gan_loss = gan.generator_loss(logits)
+            loss = loss + self.gan_generator_weight * gan_loss
+            logs.update({"gan/g_loss": gan_loss.detach(), **gan.logit_logs("gan/g", None, logits)})
+        if hasattr(self, "regression_noise"):
+            reg = self.regression_loss(generator)
+            loss = loss + self.regression_weight * reg
+            logs["regression_loss"] = reg.detach()
+        logs["diversity"] = pairwise_diversity(x)
+        return loss, logs
+
+    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """The DMD term (Eq. 7-8) at one noise level per sample."""
+        t = self.noise_times(len(x), generator, x.device)
+        x_t = self.teacher.path.add_noise(x.detach(), self.noise_like(x, generator), t)
+        with torch.no_grad():
+            real_x0 = self.teacher.predict(x_t, t, batch.cond, guidance_scale=self.guidance_scale)
+            fake_x0 = self.fake_score.predict(x_t, t, batch.cond)  # type: ignore[union-attr]
+            grad = dmd_gradient(x, real_x0, fake_x0)
+        loss = surrogate_loss(x, grad)
+        return loss, {"dmd_loss": loss.detach(), "dmd/grad_abs": grad.abs().mean()}
+
+    def regression_loss(self, generator: torch.Generator) -> Tensor:
+        """DMD Eq. 9 with an L2 distance (DMD uses LPIPS): G(z) against the teacher's ODE sample from z."""
+        n = len(self.regression_noise)
+        size = min(self.regression_batch_size or n, n)
+        idx = torch.randint(0, n, (size,), generator=generator, device=self.regression_noise.device)
+        cond = None if self.regression_cond is None else {
+            k: (v if k in NON_BATCHED_COND_KEYS else v[idx]).to(self.regression_noise.device)
+            for k, v in self.regression_cond.items()}
+        start = initial_state(self.regression_noise[idx], self.teacher.path, self.times[0])
+        x = self.student.predict(start, time_like(self.times[0], size, start.device), cond)
+        return (x.float() - self.regression_sample[idx].float()).pow(2).mean()
+
+    # ---- the fake score ----
+    def fake_score_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """DMD Eq. 6 on G's samples; DMD2 §4.3 adds the discriminator loss on the same forward."""
+        fake = self.fake_score
+        assert fake is not None
+        with torch.no_grad():
+            x = self.generate(batch, generator)
+        t = self.noise_times(len(x), generator, x.device)
+        with_gan = bool(self.gan_discriminator_weight)
+        loss, fake_logits = fake.denoising_loss(x, self.noise_like(x, generator), t, batch.cond, with_logits=with_gan)
+        logs = {"fake_score_loss": loss.detach()}
+        if fake_logits is not None:
+            t_real = self.noise_times(len(batch), generator, x.device)
+            real_noisy = self.teacher.path.add_noise(batch.x0, self.noise_like(batch.x0, generator), t_real)
+            _, real_logits = fake.forward_with_logits(real_noisy, t_real, batch.cond)
+            d_loss = gan.discriminator_loss(real_logits, fake_logits)
+            loss = loss + self.gan_discriminator_weight * d_loss
+            logs.update({"gan/d_loss": d_loss.detach(), **gan.logit_logs("gan/d", real_logits, fake_logits)})
+        return loss, logs
+
+    # ---- sampling and diagnostics ----
+    @property
+    def num_steps(self) -> int:
+        return len(self.times)
+
+    def sampling_times(self, num_steps: int) -> Tensor:
+        """The trained times (num_steps == len(times)), an even subset of them (fewer steps), or an even
+        grid from t_max (more steps than trained: untrained times, for curiosity only)."""
+        k = len(self.times)
+        if num_steps <= k:
+            return self.times[(torch.arange(num_steps) * k) // num_steps]
+        lo, hi = _trainable_range(self.teacher.path)
+        return torch.tensor([hi - (hi - lo) * i / num_steps for i in range(num_steps)], dtype=torch.float64,
+                            device=self.times.device)
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
+        """Multi-step DMD2 sampling: x0 = G(x_t, t), re-noise to the next time with fresh noise."""
+        times = self.sampling_times(num_steps).to(noise.device)
+        x = initial_state(noise, self.teacher.path, times[0])
+        for i, t in enumerate(times):
+            x0 = self.student.predict(x, time_like(t, len(x), x.device), cond)
+            if i + 1 < len(times):
+                x = renoise_step(x0, time_like(times[i + 1], len(x), x.device), self.noise_like(x, generator),
+                                 self.teacher.path)
+        return x0
+
+    @torch.no_grad()
+    def diagnostics(self, batch: Batch, generator: torch.Generator, noise_fraction: float = 0.5) -> dict[str, Tensor]:
+        """Images for a health grid: generator samples, the same samples noised to one level, and the real
+        and fake scores' x0 predictions there (DMD2 #33: look at all three)."""
+        noise = self.noise_like(batch.x0, generator)
+        x = self.sample(noise, self.num_steps, batch.cond, generator)
+        lo, hi = _trainable_range(self.teacher.path)
+        t = time_like(lo + (hi - lo) * noise_fraction, len(x), x.device)
+        x_t = self.teacher.path.add_noise(x, self.noise_like(x, generator), t)
+        out = {"generator": x, "noisy": x_t,
+               "real_score_x0": self.teacher.predict(x_t, t, batch.cond, guidance_scale=self.guidance_scale)}
+        if self.fake_score is not None:
+            out["fake_score_x0"] = self.fake_score.predict(x_t, t, batch.cond)
+        return out
+
+
+def _per_sample(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+# ---- configuration and registration ----
+class FakeScoreConfig(StrictModel):
+    """copy: a full fp32 copy of the teacher; lora: an adapter on the frozen teacher (no second copy)."""
+
+    mode: Literal["copy", "lora"] = "copy"
+    lora_rank: int = 16
+    lora_alpha: float | None = None
+    lora_target_modules: list[str] | None = None
+
+
+class GANConfig(StrictModel):
+    """DMD2 §4.3: classifier head on the fake score's features; 0 weights = off."""
+
+    generator_weight: float = 0.0
+    discriminator_weight: float = 0.0
+    tap: str | None = None  # a Denoiser feature tap; None: the bottleneck
+    feature_channels: int | None = None  # None: inferred from the tap module
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.generator_weight or self.discriminator_weight)
+
+
+class MatchingConfig(StrictModel):
+    """Settings every distribution-matching variant shares."""
+
+    guidance_scale: float = 1.0  # CFG of the real score
+    time_range: tuple[float, float] = (0.02, 0.98)  # noise levels, as fractions of the path's time axis
+    time_shift: float = 1.0
+    fake_score_updates: int = 1  # fake-score steps per generator step
+    fake_score: FakeScoreConfig = FakeScoreConfig()
+    gan: GANConfig = GANConfig()
+
+    @field_validator("time_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError(f"time_range must satisfy 0 <= min < max <= 1, got {v}")
+        return v
+
+    @field_validator("fake_score_updates")
+    @classmethod
+    def _updates(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("fake_score_updates must be >= 1")
+        return v
+
+
+class DMDConfig(MatchingConfig):
+    """DMD: 1-step by default, regression loss on teacher ODE pairs when regression_pairs is set."""
+
+    name: Literal["dmd"] = "dmd"
+    student_times: list[float] | None = None  # decreasing path times; None: [t_max] (1 step)
+    backward_simulation: bool = True
+    regression_pairs: str | None = None  # safetensors from scripts/make_dmd_pairs.py
+    regression_weight: float = 0.25
+    regression_batch_size: int | None = None
+
+    @field_validator("student_times")
+    @classmethod
+    def _times(cls, t: list[float] | None) -> list[float] | None:
+        if t is not None and (not t or any(a <= b for a, b in zip(t, t[1:]))):
+            raise ValueError(f"must be a non-empty strictly decreasing list of path times, got {t}")
+        return t
+
+
+class DMD2Config(DMDConfig):
+    """DMD2: no regression, two-time-scale updates, GAN head (weights of DMD2's SDXL recipe)."""
+
+    name: Literal["dmd2"] = "dmd2"  # type: ignore[assignment]
+    fake_score_updates: int = 5
+    gan: GANConfig = GANConfig(generator_weight=5e-3, discriminator_weight=1e-2)
+
+
+def make_fake_score(cfg: MatchingConfig, student: Denoiser, teacher: Denoiser) -> FakeScore:
+    fs, g = cfg.fake_score, cfg.gan
+    return build_fake_score(teacher, student, fs.mode, fs.lora_rank, fs.lora_alpha, fs.lora_target_modules,
+                            gan=g.enabled, gan_tap=g.tap, gan_channels=g.feature_channels)
+
+
+def _build_dmd(cfg: DMDConfig, student: Denoiser, teacher: Denoiser) -> Objective:
+    return DistributionMatching(
+        student, teacher, make_fake_score(cfg, student, teacher), student_times=cfg.student_times,
+        guidance_scale=cfg.guidance_scale, time_range=cfg.time_range, time_shift=cfg.time_shift,
+        fake_score_updates=cfg.fake_score_updates, backward_simulation=cfg.backward_simulation,
+        gan_generator_weight=cfg.gan.generator_weight, gan_discriminator_weight=cfg.gan.discriminator_weight,
+        regression_pairs=cfg.regression_pairs, regression_weight=cfg.regression_weight,
+        regression_batch_size=cfg.regression_batch_size)
+
+
+register("dmd", DMDConfig, _build_dmd)
+register("dmd2", DMD2Config, _build_dmd)
