@@ -45,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
     measure = _measure_animal_mnist if args.task == "animal_mnist" else _measure_toy
     rows, metric = measure(setup, config, Path(args.output_dir), args.num_eval)
     print(f"\ntrained {config.run.max_steps} steps in {train_seconds:.0f} s; {metric}")
-    print(f"{'model':<24}{'steps':>6}{'score':>10}")
+    width = max(len(r["model"]) for r in rows) + 2
+    print(f"{'model':<{width}}{'steps':>6}{'score':>10}")
     for r in rows:
-        print(f"{r['model']:<24}{r['steps']:>6}{r['score']:>10.3f}")
+        print(f"{r['model']:<{width}}{r['steps'] or '-':>6}{r['score']:>10.3f}")
     out = Path(args.output_dir) / "demo_results.json"
     out.write_text(json.dumps({"task": args.task, "metric": metric, "train_seconds": train_seconds,
                                "train_steps": config.run.max_steps, "rows": rows}, indent=2))
