@@ -4,7 +4,7 @@ import json
 from itertools import islice
 
 import pytest
-from conftest import random_pixels, write_png
+from .image_helpers import random_pixels, write_png
 
 from fewstep.data import build_dataloader
 from fewstep.data.buckets import BucketBatchPlan, make_buckets, nearest_bucket

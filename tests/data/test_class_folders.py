@@ -1,7 +1,7 @@
 """Class-labelled folders: sorted labels, saved mapping, layout errors."""
 
 import pytest
-from conftest import random_pixels, write_png
+from .image_helpers import random_pixels, write_png
 
 from fewstep.data import build_dataloader
 from fewstep.data.class_folders import ClassFolderDataset, load_class_index

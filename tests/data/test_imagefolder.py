@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_pixels, write_png
+from .image_helpers import random_pixels, write_png
 
 from fewstep.data.errors import EmptyDatasetError, MissingCaptionError, UnreadableImageError
 from fewstep.data.imagefolder import CaptionedImageFolder

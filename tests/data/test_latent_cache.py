@@ -78,7 +78,7 @@ def test_integrity_checks(caption_folder, tmp_path):
 
 
 def test_bucketed_cache_keeps_shapes_apart_and_loader_resumes(tmp_path):
-    from conftest import random_pixels, write_png
+    from .image_helpers import random_pixels, write_png
     for c, (h, w) in enumerate([(40, 24), (32, 32)]):
         for i in range(3):
             write_png(tmp_path / "img" / f"class{c}" / f"{i}.png", random_pixels(h, w, seed=10 * c + i))

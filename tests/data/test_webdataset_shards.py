@@ -6,7 +6,7 @@ from itertools import islice
 import numpy as np
 import pytest
 import torch
-from conftest import random_pixels
+from .image_helpers import random_pixels
 
 from fewstep.data import AllSamplesRejectedError, EmptyDatasetError, UnreadableImageError, build_dataloader
 
