@@ -62,3 +62,8 @@ def test_help_commands():
     top = subprocess.run([sys.executable, "-m", "fewstep", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     for sub in ("distill", "demo"):
         assert sub in top
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_validates(recipe):
+    load_config(ROOT / "configs" / recipe)
