@@ -55,6 +55,15 @@ def consistency_distance(pred: Tensor, target: Tensor, kind: str, huber_c: float
     raise ValueError(f"unknown consistency loss {kind!r}; expected 'l2' or 'pseudo_huber'")
 
 
+def teacher_guidance(scale: float, scale_range: tuple[float, float] | None, batch: int, generator: torch.Generator,
+                     device: torch.device) -> float | Tensor:
+    """The teacher's CFG scale: fixed, or per sample uniform in scale_range (LCM's w ~ U[w_min, w_max])."""
+    if scale_range is None:
+        return scale
+    lo, hi = scale_range
+    return lo + (hi - lo) * torch.rand(batch, generator=generator, device=device)
+
+
 class ConsistencyDistillation(Objective):
     """CD / LCM: one teacher solver step between adjacent grid times, EMA target network."""
 
@@ -79,12 +88,6 @@ class ConsistencyDistillation(Objective):
     def trainable_networks(self) -> dict[str, nn.Module]:
         return {"student": self.student}
 
-    def _guidance(self, batch: int, generator: torch.Generator, device: torch.device) -> float | Tensor:
-        if self.guidance_range is None:
-            return self.guidance_scale
-        lo, hi = self.guidance_range
-        return lo + (hi - lo) * torch.rand(batch, generator=generator, device=device)
-
     def loss(self, phase: str, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         x0, cond, n = batch.x0, batch.cond, len(batch)
         index = torch.randint(0, len(self.grid) - 1, (n,), generator=generator, device=x0.device)
@@ -92,7 +95,8 @@ class ConsistencyDistillation(Objective):
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         x_t = self.teacher.path.add_noise(x0, eps, t)
         with torch.no_grad():
-            denoise = self.teacher.denoise_fn(cond, self._guidance(n, generator, x0.device))
+            w = teacher_guidance(self.guidance_scale, self.guidance_range, n, generator, x0.device)
+            denoise = self.teacher.denoise_fn(cond, w)
             x_prev = solver_step(self.solver, x_t, t, t_prev, denoise, self.teacher.path)
             target = self.boundary(self.target, x_prev, t_prev, cond)
         pred = self.boundary(self.student, x_t, t, cond)

@@ -24,7 +24,7 @@ from ..config import StrictModel
 from ..diffusion import GaussianPath, ddim_step, sampling_times, solver_step, tcd_step
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, initial_state, time_like
-from .consistency import consistency_distance
+from .consistency import consistency_distance, teacher_guidance
 
 
 def phased_consistency(net: Denoiser, x_t: Tensor, t: Tensor, edge: Tensor, cond: Cond | None) -> Tensor:
@@ -87,12 +87,6 @@ class MultistepConsistencyDistillation(Objective):
         edge_index = segment_edges(self.num_timesteps, self.segments).to(index.device)
         return edge_index[torch.searchsorted(edge_index, index, right=True)]
 
-    def _guidance(self, batch: int, generator: torch.Generator, device: torch.device) -> float | Tensor:
-        if self.guidance_range is None:
-            return self.guidance_scale
-        lo, hi = self.guidance_range
-        return lo + (hi - lo) * torch.rand(batch, generator=generator, device=device)
-
     def loss(self, phase: str, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         x0, cond, n = batch.x0, batch.cond, len(batch)
         index = torch.randint(0, self.num_timesteps, (n,), generator=generator, device=x0.device)
@@ -100,7 +94,8 @@ class MultistepConsistencyDistillation(Objective):
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         x_t = self.teacher.path.add_noise(x0, eps, t)
         with torch.no_grad():
-            denoise = self.teacher.denoise_fn(cond, self._guidance(n, generator, x0.device))
+            w = teacher_guidance(self.guidance_scale, self.guidance_range, n, generator, x0.device)
+            denoise = self.teacher.denoise_fn(cond, w)
             x_next = solver_step(self.solver, x_t, t, t_next, denoise, self.teacher.path)
             target = phased_consistency(self.target, x_next, t_next, edge, cond)
         pred = phased_consistency(self.student, x_t, t, edge, cond)
