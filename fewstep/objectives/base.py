@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import GaussianPath
+from typing import Callable, Sequence
+
+from ..diffusion import GaussianPath, tcd_step
 from ..models.base import Cond
 
 
@@ -79,3 +81,19 @@ def initial_state(noise: Tensor, path: GaussianPath, t_start: float | Tensor) ->
 
 def time_like(value: float | Tensor, batch: int, device: torch.device) -> Tensor:
     return torch.as_tensor(value, dtype=torch.float64, device=device).expand(batch).clone()
+
+
+@torch.no_grad()
+def consistency_sample(denoise: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], noise: Tensor,
+                       times: Sequence[float] | Tensor, gamma: float, generator: torch.Generator,
+                       path: GaussianPath) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1) with TCD's gamma (Zheng et al. 2024, Eq. 9):
+    predict (x0, eps) at each time, step to the next (gamma = 1: full re-noise); returns the last x0."""
+    x = initial_state(noise, path, times[0])
+    for i in range(len(times)):
+        x0, eps = denoise(x, time_like(times[i], len(x), x.device))
+        if i + 1 == len(times):
+            return x0
+        fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = tcd_step(x0, eps, time_like(times[i + 1], len(x), x.device), gamma, fresh, path)
+    raise ValueError("consistency_sample needs at least one time")

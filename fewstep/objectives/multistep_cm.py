@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import StrictModel
-from ..diffusion import GaussianPath, ddim_step, sampling_times, solver_step, tcd_step
+from ..diffusion import ddim_step, sampling_times, solver_step
 from ..models.base import Cond, Denoiser
-from .base import Batch, Objective, initial_state, time_like
+from .base import Batch, Objective, consistency_sample
 from .consistency import consistency_distance, teacher_guidance
 
 
@@ -128,16 +128,9 @@ class MultistepConsistencyDistillation(Objective):
     def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
         """PCM sampling: predict (x0, eps), jump to the next edge (gamma = 0, deterministic), or take TCD's
         stochastic step (gamma > 0: DDIM to (1 - gamma) of the way, re-noise to the edge). Returns the last x0."""
-        path: GaussianPath = self.student.path
-        times = self.sampling_times(num_steps).to(noise.device)
-        x = initial_state(noise, path, times[0])
-        for i in range(num_steps):
-            x0, eps = self.student.x0_eps(x, time_like(times[i], len(x), x.device), cond)
-            if i + 1 == num_steps:
-                return x0
-            fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = tcd_step(x0, eps, time_like(times[i + 1], len(x), x.device), self.gamma, fresh, path)
-        raise AssertionError("unreachable")
+        times = self.sampling_times(num_steps).to(noise.device)[:num_steps]
+        return consistency_sample(lambda x, t: self.student.x0_eps(x, t, cond), noise, times, self.gamma, generator,
+                                  self.student.path)
 
 
 class MCMConfig(StrictModel):

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..config import StrictModel
 from ..diffusion import TrigFlowPath, expand_like, from_x0_eps, sample_training_times, tcd_step, to_x0_eps
 from ..models.base import Cond, Denoiser
-from .base import Batch, Objective, Phase, initial_state, time_like
+from .base import Batch, Objective, Phase, consistency_sample
 
 
 def trigflow_consistency(x_t: Tensor, t: Tensor, F: Tensor, sigma_data: float) -> Tensor:
@@ -311,16 +311,12 @@ class ContinuousConsistencyDistillation(Objective):
     def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
         """Multistep consistency sampling (Song et al. 2023, Alg. 1) on TrigFlow; gamma < 1 is TCD's partial
         re-noise (tcd_step), gamma = 1 the full one."""
-        path, times = self.student_tf.path, self.sampling_times(num_steps)
-        x = initial_state(noise, path, times[0])
-        for i, t in enumerate(times):
-            t_now = time_like(t, len(x), x.device)
-            x0, eps = to_x0_eps(self.student_tf(x, t_now, cond), "trigflow", x, t_now, path)
-            if i + 1 == len(times):
-                return x0
-            fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = tcd_step(x0, eps, time_like(times[i + 1], len(x), x.device), self.gamma, fresh, path)
-        raise AssertionError("unreachable")
+        path = self.student_tf.path
+
+        def denoise(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            return to_x0_eps(self.student_tf(x, t, cond), "trigflow", x, t, path)
+
+        return consistency_sample(denoise, noise, self.sampling_times(num_steps), self.gamma, generator, path)
 
 
 class SCMConfig(StrictModel):
