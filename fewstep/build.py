@@ -96,7 +96,9 @@ def build_student(teacher: Denoiser, cfg: StudentConfig, model_cfg: ModelConfig)
     if isinstance(teacher, GaussianMixtureDenoiser):
         if cfg.lora is not None:
             raise ConfigError("config error: student.lora: LoRA needs a diffusers model; the toy student is an MLP")
-        return ToyStudent(teacher, hidden=model_cfg.toy.hidden, depth=model_cfg.toy.depth)
+        toy = model_cfg.toy
+        return ToyStudent(teacher, hidden=toy.hidden, depth=toy.depth, prediction_type=toy.student_prediction,
+                          time_features=toy.time_features)
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
     if cfg.lora is not None:

@@ -55,6 +55,9 @@ class ToyConfig(StrictModel):
     path: Literal["flow", "vp", "edm", "trigflow"] = "flow"
     hidden: int = 128
     depth: int = 3
+    # the toy student: its MLP correction's units (sCM trains best on flow_prediction) and time features
+    student_prediction: Literal["sample", "epsilon", "v_prediction", "flow_prediction"] = "sample"
+    time_features: Literal["log_snr", "angle"] = "log_snr"
 
 
 class ModelConfig(StrictModel):

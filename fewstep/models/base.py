@@ -64,6 +64,17 @@ class Denoiser(nn.Module):
         """Record the wrapper returned by accelerator.prepare (None or self to detach)."""
         self.__dict__["_prepared_module"] = None if prepared is self else prepared
 
+    @contextlib.contextmanager
+    def unwrapped(self) -> Iterator[None]:
+        """Inside the block, calls skip the DDP wrapper: for forwards whose backward must not count as an
+        update of this network (its gradients from them are discarded by its next zero_grad)."""
+        saved = self.__dict__.get("_prepared_module")
+        self.__dict__["_prepared_module"] = None
+        try:
+            yield
+        finally:
+            self.__dict__["_prepared_module"] = saved
+
     def null_cond(self, cond: Cond) -> Cond:
         """The unconditional counterpart of `cond` (null class, empty-prompt embeddings)."""
         raise NotImplementedError(f"{type(self).__name__} has no unconditional branch; classifier-free guidance needs one")

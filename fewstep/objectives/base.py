@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from typing import Callable, Sequence
 
 from ..diffusion import GaussianPath, tcd_step
-from ..models.base import Cond
+from ..models.base import NON_BATCHED_COND_KEYS, Cond, Denoiser
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,19 @@ def initial_state(noise: Tensor, path: GaussianPath, t_start: float | Tensor) ->
     as diffusers pipelines do)."""
     sigma = path.sigma(torch.as_tensor(t_start, dtype=torch.float64))
     return noise * sigma.to(noise)
+
+
+def drop_conditions(denoiser: Denoiser, cond: Cond | None, probability: float, generator: torch.Generator) -> Cond | None:
+    """Replace the condition of each sample by the unconditional one with `probability` (CFG training's
+    condition dropout, so the unconditional branch of a trained score stays learned)."""
+    if not cond or probability <= 0:
+        return cond
+    null = denoiser.null_cond(cond)
+    batch = next(v.shape[0] for k, v in cond.items() if k not in NON_BATCHED_COND_KEYS)
+    device = next(iter(cond.values())).device
+    drop = torch.rand(batch, generator=generator, device=device) < probability
+    return {k: v if k in NON_BATCHED_COND_KEYS else torch.where(drop.reshape(-1, *([1] * (v.ndim - 1))), null[k].to(v), v)
+            for k, v in cond.items()}
 
 
 def time_like(value: float | Tensor, batch: int, device: torch.device) -> Tensor:

@@ -16,7 +16,6 @@ trained on backward-simulated inputs (§4.4).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -25,11 +24,11 @@ from pydantic import field_validator
 from torch import Tensor, nn
 
 from ..config import StrictModel
-from ..diffusion import renoise_step
 from ..diffusion.timesteps import _trainable_range
 from ..models.base import NON_BATCHED_COND_KEYS, Cond, Denoiser
 from . import gan
-from .base import Batch, Objective, Phase, initial_state, time_like
+from .base import Batch, Objective, Phase, drop_conditions, initial_state, time_like
+from .generator import FewStepGenerator, pairwise_diversity
 from .fake_score import FakeScore, build_fake_score
 from .registry import register
 
@@ -48,27 +47,6 @@ def surrogate_loss(x: Tensor, grad: Tensor) -> Tensor:
     return 0.5 * (x - (x - grad.float()).detach()).pow(2).mean()
 
 
-def pairwise_diversity(x: Tensor) -> Tensor:
-    """Mean pairwise L2 distance between samples (per sqrt(dim)): a collapse alarm across seeds."""
-    flat = x.detach().float().flatten(1)
-    if flat.shape[0] < 2:
-        return flat.new_zeros(())
-    return torch.pdist(flat).mean() / math.sqrt(flat.shape[1])
-
-
-def interval_times(lo: float | Tensor, hi: float | Tensor, n: int, generator: torch.Generator, device: torch.device,
-                   fractions: tuple[float, float] = (0.0, 1.0), shift: float = 1.0) -> Tensor:
-    """n times lo + (hi - lo) u, u uniform on `fractions` then shifted u -> shift u / (1 + (shift - 1) u)
-    (SD3's shift, which moves mass towards hi)."""
-    u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-    u = fractions[0] + (fractions[1] - fractions[0]) * u
-    if shift != 1.0:
-        u = shift * u / (1 + (shift - 1) * u)
-    lo = torch.as_tensor(lo, dtype=torch.float64, device=device)
-    hi = torch.as_tensor(hi, dtype=torch.float64, device=device)
-    return lo + (hi - lo) * u
-
-
 def load_regression_pairs(path: str | Path) -> tuple[Tensor, Tensor, Cond | None]:
     """(noise, teacher ODE sample, cond) written by scripts/make_dmd_pairs.py."""
     from safetensors.torch import load_file
@@ -83,7 +61,7 @@ def load_regression_pairs(path: str | Path) -> tuple[Tensor, Tensor, Cond | None
     return tensors["noise"], tensors["sample"], cond or None
 
 
-class DistributionMatching(Objective):
+class DistributionMatching(FewStepGenerator):
     """DMD / DMD2. Networks: student (the generator) and fake_score (+ its GAN head)."""
 
     divergence_hint = ("lower optimizers.student.lr, raise fake_score_updates, or check that the generator does not "
@@ -94,19 +72,13 @@ class DistributionMatching(Objective):
                  time_range: tuple[float, float] = (0.02, 0.98), time_shift: float = 1.0, fake_score_updates: int = 1,
                  backward_simulation: bool = True, gan_generator_weight: float = 0.0,
                  gan_discriminator_weight: float = 0.0, regression_pairs: str | Path | None = None,
-                 regression_weight: float = 0.25, regression_batch_size: int | None = None):
-        super().__init__()
-        self.student, self.teacher, self.fake_score = student, teacher, fake_score
-        self.teacher.requires_grad_(False)
-        if fake_score is not None:  # a LoRA fake score lives on the teacher's modules: keep the adapter trainable
-            fake_score.requires_grad_(True)
-        path = teacher.path
-        times = student_times if student_times is not None else [path.t_max]
-        if any(a <= b for a, b in zip(times, times[1:])):
-            raise ValueError(f"student_times must be strictly decreasing path times, got {times}")
-        self.register_buffer("times", torch.tensor(times, dtype=torch.float64), persistent=False)
-        self.guidance_scale, self.time_range, self.time_shift = guidance_scale, tuple(time_range), time_shift
-        self.fake_score_updates, self.backward_simulation = fake_score_updates, backward_simulation
+                 regression_weight: float = 0.25, regression_batch_size: int | None = None,
+                 fake_cond_dropout: float = 0.0):
+        super().__init__(student, teacher, student_times=student_times, time_range=time_range, time_shift=time_shift,
+                         backward_simulation=backward_simulation)
+        self.fake_score = fake_score
+        self.guidance_scale, self.fake_score_updates = guidance_scale, fake_score_updates
+        self.fake_cond_dropout = fake_cond_dropout
         self.gan_generator_weight, self.gan_discriminator_weight = gan_generator_weight, gan_discriminator_weight
         if (gan_generator_weight or gan_discriminator_weight) and (fake_score is None or fake_score.head is None):
             raise ValueError("GAN weights need a fake score with a discriminator head (gan.enabled)")
@@ -137,53 +109,6 @@ class DistributionMatching(Objective):
         if phase == "generator":
             return self.generator_loss(batch, generator)
         raise ValueError(f"unknown phase {phase!r}")
-
-    # ---- noise levels ----
-    def noise_times(self, n: int, generator: torch.Generator, device: torch.device,
-                    fractions: tuple[float, float] | None = None) -> Tensor:
-        """DMD's t ~ U[min, max] fraction of the path (DMD2: 0.02-0.98 of the timesteps)."""
-        lo, hi = _trainable_range(self.teacher.path)
-        return interval_times(lo, hi, n, generator, device, fractions or self.time_range, self.time_shift)
-
-    def noise_like(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-    # ---- the generator ----
-    def generator_inputs(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(x_t, t) fed to the trained generator step, one student time per sample.
-
-        Step 0 starts from pure noise. Later steps (DMD2 §4.4): with backward simulation the inputs are the
-        student's own multi-step sampling from noise (no grad, fresh noise at each re-noising); without it,
-        real data noised to t (DMD2's ablation).
-        """
-        n, device = len(batch), batch.x0.device
-        k = len(self.times)
-        index = (torch.randint(0, k, (n,), generator=generator, device=device) if k > 1
-                 else torch.zeros(n, dtype=torch.long, device=device))
-        t = self.times[index]
-        noise = self.noise_like(batch.x0, generator)
-        start = initial_state(noise, self.teacher.path, self.times[0])
-        if k == 1:
-            return start, t
-        if not self.backward_simulation:
-            noisy_data = self.teacher.path.add_noise(batch.x0, noise, t)
-            return torch.where(_per_sample(index == 0, start), start, noisy_data), t
-        return self.backward_simulate(start, index, batch.cond, generator), t
-
-    @torch.no_grad()
-    def backward_simulate(self, start: Tensor, index: Tensor, cond: Cond | None, generator: torch.Generator) -> Tensor:
-        """The student's own sampler from x_{t_0} = start; returns, per sample, its state at times[index]."""
-        x, out = start, start.clone()
-        for j in range(int(index.max())):
-            x0 = self.student.predict(x, time_like(self.times[j], len(x), x.device), cond)
-            x = renoise_step(x0, time_like(self.times[j + 1], len(x), x.device), self.noise_like(x, generator),
-                             self.teacher.path)
-            out = torch.where(_per_sample(index == j + 1, x), x, out)
-        return out
-
-    def generate(self, batch: Batch, generator: torch.Generator) -> Tensor:
-        x_t, t = self.generator_inputs(batch, generator)
-        return self.student.predict(x_t, t, batch.cond)
 
     def generator_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         x = self.generate(batch, generator)
@@ -226,7 +151,8 @@ class DistributionMatching(Objective):
         return (x.float() - self.regression_sample[idx].float()).pow(2).mean()
 
     # ---- the fake score ----
-    def fake_score_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def fake_score_loss(self, batch: Batch, generator: torch.Generator, guidance_scale: float = 1.0
+                        ) -> tuple[Tensor, dict[str, Tensor]]:
         """DMD Eq. 6 on G's samples; DMD2 §4.3 adds the discriminator loss on the same forward."""
         fake = self.fake_score
         assert fake is not None
@@ -234,7 +160,9 @@ class DistributionMatching(Objective):
             x = self.generate(batch, generator)
         t = self.noise_times(len(x), generator, x.device)
         with_gan = bool(self.gan_discriminator_weight)
-        loss, fake_logits = fake.denoising_loss(x, self.noise_like(x, generator), t, batch.cond, with_logits=with_gan)
+        cond = drop_conditions(fake, batch.cond, self.fake_cond_dropout, generator)
+        loss, fake_logits = fake.denoising_loss(x, self.noise_like(x, generator), t, cond, with_logits=with_gan,
+                                               guidance_scale=guidance_scale)
         logs = {"fake_score_loss": loss.detach()}
         if fake_logits is not None:
             t_real = self.noise_times(len(batch), generator, x.device)
@@ -245,33 +173,7 @@ class DistributionMatching(Objective):
             logs.update({"gan/d_loss": d_loss.detach(), **gan.logit_logs("gan/d", real_logits, fake_logits)})
         return loss, logs
 
-    # ---- sampling and diagnostics ----
-    @property
-    def num_steps(self) -> int:
-        return len(self.times)
-
-    def sampling_times(self, num_steps: int) -> Tensor:
-        """The trained times (num_steps == len(times)), an even subset of them (fewer steps), or an even
-        grid from t_max (more steps than trained: untrained times, for curiosity only)."""
-        k = len(self.times)
-        if num_steps <= k:
-            return self.times[(torch.arange(num_steps) * k) // num_steps]
-        lo, hi = _trainable_range(self.teacher.path)
-        return torch.tensor([hi - (hi - lo) * i / num_steps for i in range(num_steps)], dtype=torch.float64,
-                            device=self.times.device)
-
-    @torch.no_grad()
-    def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
-        """Multi-step DMD2 sampling: x0 = G(x_t, t), re-noise to the next time with fresh noise."""
-        times = self.sampling_times(num_steps).to(noise.device)
-        x = initial_state(noise, self.teacher.path, times[0])
-        for i, t in enumerate(times):
-            x0 = self.student.predict(x, time_like(t, len(x), x.device), cond)
-            if i + 1 < len(times):
-                x = renoise_step(x0, time_like(times[i + 1], len(x), x.device), self.noise_like(x, generator),
-                                 self.teacher.path)
-        return x0
-
+    # ---- diagnostics ----
     @torch.no_grad()
     def diagnostics(self, batch: Batch, generator: torch.Generator, noise_fraction: float = 0.5) -> dict[str, Tensor]:
         """Images for a health grid: generator samples, the same samples noised to one level, and the real
@@ -286,10 +188,6 @@ class DistributionMatching(Objective):
         if self.fake_score is not None:
             out["fake_score_x0"] = self.fake_score.predict(x_t, t, batch.cond)
         return out
-
-
-def _per_sample(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 # ---- configuration and registration ----
@@ -322,6 +220,7 @@ class MatchingConfig(StrictModel):
     time_range: tuple[float, float] = (0.02, 0.98)  # noise levels, as fractions of the path's time axis
     time_shift: float = 1.0
     fake_score_updates: int = 1  # fake-score steps per generator step
+    fake_cond_dropout: float = 0.0  # condition dropout when training the fake score (keeps its CFG branch)
     fake_score: FakeScoreConfig = FakeScoreConfig()
     gan: GANConfig = GANConfig()
 
@@ -379,7 +278,7 @@ def _build_dmd(cfg: DMDConfig, student: Denoiser, teacher: Denoiser) -> Objectiv
         fake_score_updates=cfg.fake_score_updates, backward_simulation=cfg.backward_simulation,
         gan_generator_weight=cfg.gan.generator_weight, gan_discriminator_weight=cfg.gan.discriminator_weight,
         regression_pairs=cfg.regression_pairs, regression_weight=cfg.regression_weight,
-        regression_batch_size=cfg.regression_batch_size)
+        regression_batch_size=cfg.regression_batch_size, fake_cond_dropout=cfg.fake_cond_dropout)
 
 
 register("dmd", DMDConfig, _build_dmd)

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from ..diffusion import GaussianPath, expand_like, forward_noise
 from ..models.base import NON_BATCHED_COND_KEYS, Cond, Denoiser
 from .base import Batch, Objective, initial_state, time_like
-from .dmd import DistributionMatching, MatchingConfig, dmd_gradient, interval_times, make_fake_score, \
-    pairwise_diversity, surrogate_loss
+from .dmd import DistributionMatching, MatchingConfig, dmd_gradient, make_fake_score, surrogate_loss
+from .generator import interval_times, pairwise_diversity
 from .fake_score import FakeScore, active_adapter, peft_layers
 from .registry import register
 

@@ -147,29 +147,31 @@ class FakeScore(Denoiser):
     def tap_value(self, name: str, output: object) -> Tensor:
         return self.network.tap_value(name, output)
 
-    def forward_with_logits(self, x_t: Tensor, t: Tensor, cond: Cond | None, wrapped: bool = True) -> tuple[Tensor, Tensor]:
-        """(native prediction, discriminator logits) from one forward.
+    def forward_with_logits(self, x_t: Tensor, t: Tensor, cond: Cond | None, wrapped: bool = True,
+                            guidance_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """(native prediction, discriminator logits) from one forward (with CFG: one fused cond + uncond
+        forward, the logits from its conditional half).
 
         wrapped=False skips the DDP wrapper: for the generator's GAN term, whose backward must not count
         as a fake-score update (the fake score's gradients from it are discarded by its next zero_grad).
         """
         if self.head is None:
             raise RuntimeError("no discriminator head; call add_discriminator() first")
-        with self.feature_taps([self.tap]) as features:  # type: ignore[list-item]
-            raw = self.call_network(x_t, t, cond) if wrapped else self(x_t, t, cond)
-        return raw, self.head(features[self.tap])  # type: ignore[index]
+        with self.feature_taps([self.tap]) as features, (contextlib.nullcontext() if wrapped else self.unwrapped()):  # type: ignore[list-item]
+            raw = self.guided(x_t, t, cond, guidance_scale)
+        return raw, self.head(features[self.tap][: x_t.shape[0]])  # type: ignore[index]
 
     # ---- training ----
     def denoising_loss(self, x0: Tensor, noise: Tensor, t: Tensor, cond: Cond | None,
-                       with_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+                       with_logits: bool = False, guidance_scale: float = 1.0) -> tuple[Tensor, Tensor | None]:
         """Denoising score matching on samples x0 of p_fake (DMD Eq. 6), in the network's native
         parameterisation, i.e. with the teacher's own training weighting. Optionally the GAN logits
-        of the same noisy input."""
+        of the same noisy input. guidance_scale != 1 regresses the guided output (SiD-LSG's kappa_1)."""
         x_t = self.path.add_noise(x0, noise, t)
         if with_logits:
-            raw, logits = self.forward_with_logits(x_t, t, cond)
+            raw, logits = self.forward_with_logits(x_t, t, cond, guidance_scale=guidance_scale)
         else:
-            raw, logits = self.call_network(x_t, t, cond), None
+            raw, logits = self.guided(x_t, t, cond, guidance_scale), None
         target = from_x0_eps(x0, noise, self.prediction_type, t, self.path)
         return (raw.float() - target.float()).pow(2).mean(), logits
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import StrictModel
-from ..diffusion import TrigFlowPath, expand_like, from_x0_eps, sample_training_times, tcd_step, to_x0_eps
+from ..diffusion import TrigFlowPath, expand_like, from_x0_eps, sample_training_times, to_x0_eps
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, Phase, consistency_sample
 

@@ -22,11 +22,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import OptimizerConfig, RunConfig
-from ..models.base import Cond, Denoiser
+from ..models.base import Cond
 from ..objectives.base import Batch, Objective
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .visualize import plot_loss_curves, save_samples
@@ -108,7 +107,7 @@ class Trainer:
         self.optimizers = dict(zip(names, prepared[k:2 * k]))
         self.schedulers = dict(zip(names, prepared[2 * k:]))
         for name, module in self.prepared.items():
-            if isinstance(self.networks[name], Denoiser):
+            if hasattr(self.networks[name], "attach_prepared"):  # Denoisers and discriminators route through DDP
                 self.networks[name].attach_prepared(module)
 
     def _build_ema(self) -> dict[str, EMAModel]:

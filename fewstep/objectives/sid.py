@@ -1,0 +1,118 @@
+"""Score identity Distillation: SiD (Zhou et al. 2024, ICML, "Score identity Distillation: Exponentially Fast
+Distillation of Pretrained Diffusion Models for One-Step Generation"), SiD-LSG (Zhou et al. 2025, ICLR, "Guided
+Score identity Distillation for Data-Free One-Step Text-to-Image Generation", long and short guidance) and
+SiDA (Zhou et al. 2025, ICLR, "Adversarial Score identity Distillation").
+
+With x = G(z), x_t = a_t x + s_t eps, f_real / f_fake the teacher's / fake score's x0 predictions at x_t, the
+generator minimises (SiD Algorithm 1, the alpha-weighted loss; gradients flow through x and through both
+networks' inputs x_t, never into their weights)
+
+    L_G = (f_real - f_fake) . ((f_real - x) - alpha (f_real - f_fake)) / sg(mean|x - f_real|)
+        = (1 - alpha) ||f_real - f_fake||^2 + (f_real - f_fake) . (f_fake - x),   per sample over the same weight
+
+while the fake score learns p_G by denoising score matching on sg(x) (shared with DMD: fake_score.py). It is
+data-free: no real sample enters either loss (SiDA's discriminator is the exception). LSG: the fake score is
+trained with CFG scale kappa_1 on its output and evaluated in L_G with kappa_2 = kappa_3, the teacher with
+kappa_4 (the paper's cfg_train_fake, cfg_eval_fake, cfg_eval_real). SiDA adds DMD2's GAN head on the fake
+score's encoder features (fewstep.objectives.gan), trained on real images.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..models.base import Denoiser
+from .base import Batch, Objective
+from .dmd import DistributionMatching, GANConfig, MatchingConfig, make_fake_score
+from .fake_score import FakeScore
+from .registry import register
+
+
+def sid_loss(x: Tensor, real_x0: Tensor, fake_x0: Tensor, alpha: float) -> Tensor:
+    """SiD's generator loss, mean over elements, weighted per sample by 1 / sg(mean_{non-batch} |x - real_x0|)."""
+    x, real_x0, fake_x0 = x.float(), real_x0.float(), fake_x0.float()
+    with torch.no_grad():
+        weight = 1.0 / (x - real_x0).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True).clamp_min(1e-5)
+    difference = real_x0 - fake_x0
+    return (difference * ((real_x0 - x) - alpha * difference) * weight).mean()
+
+
+class ScoreIdentityDistillation(DistributionMatching):
+    """SiD / SiD-LSG / SiDA: DMD's generator, fake score and sampler with SiD's generator loss."""
+
+    divergence_hint = ("SiD diverged: lower optimizers.student.lr (SiD uses lr 1e-5 .. 5e-6 with Adam eps 1e-6 .. 1e-4), "
+                       "lower objective.alpha towards 1, or keep max_grad_norm set (the loss backpropagates through "
+                       "both scores' inputs)")
+
+    def __init__(self, student: Denoiser, teacher: Denoiser, fake_score: FakeScore, *, alpha: float = 1.2,
+                 fake_guidance_scale: float = 1.0, fake_train_guidance_scale: float = 1.0, **kwargs):
+        super().__init__(student, teacher, fake_score, **kwargs)
+        self.alpha, self.fake_guidance_scale = alpha, fake_guidance_scale
+        self.fake_train_guidance_scale = fake_train_guidance_scale
+
+    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """SiD's term at one noise level per sample; x_t keeps its graph to x (unlike DMD's sg)."""
+        fake = self.fake_score
+        assert fake is not None
+        t = self.noise_times(len(x), generator, x.device)
+        x_t = self.teacher.path.add_noise(x, self.noise_like(x, generator), t)
+        real_x0 = self.teacher.predict(x_t, t, batch.cond, guidance_scale=self.guidance_scale)
+        with fake.unwrapped():  # the fake score's weight gradients from this pass are discarded
+            fake_x0 = fake.predict(x_t, t, batch.cond, guidance_scale=self.fake_guidance_scale)
+        loss = sid_loss(x, real_x0, fake_x0, self.alpha)
+        return loss, {"sid_loss": loss.detach(), "sid/score_gap": (real_x0 - fake_x0).detach().abs().mean()}
+
+    def fake_score_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """Denoising score matching on G's samples with LSG's kappa_1 (and condition dropout, so the
+        unconditional branch the guidance needs stays trained); SiDA's discriminator on the same forward."""
+        return super().fake_score_loss(batch, generator, guidance_scale=self.fake_train_guidance_scale)
+
+
+# ---- configuration and registration ----
+class SiDConfig(MatchingConfig):
+    """SiD: data-free, 1-step by default, alpha = 1.2, t up to t_max (SiD samples t in [0, t_max])."""
+
+    name: Literal["sid"] = "sid"
+    student_times: list[float] | None = None  # decreasing path times; None: [t_max]
+    backward_simulation: bool = True
+    alpha: float = 1.2
+    time_range: tuple[float, float] = (0.02, 0.98)  # the t_max of SiD is time_range[1] (fraction of the path)
+    fake_guidance_scale: float = 1.0  # kappa_2 = kappa_3: the fake score's CFG inside the generator loss
+    fake_train_guidance_scale: float = 1.0  # kappa_1: the fake score's CFG when it is trained
+
+
+class SiDLSGConfig(SiDConfig):
+    """SiD-LSG: guidance on both scores (all kappas 1.5 by default: tune them per teacher) and 10% prompt
+    dropout for the fake score, as the reference code's use_context_dropout_train_fake."""
+
+    name: Literal["sid_lsg"] = "sid_lsg"  # type: ignore[assignment]
+    guidance_scale: float = 1.5  # kappa_4: the teacher's CFG inside the generator loss
+    fake_guidance_scale: float = 1.5
+    fake_train_guidance_scale: float = 1.5
+    fake_cond_dropout: float = 0.1
+
+
+class SiDAConfig(SiDConfig):
+    """SiDA: SiD plus the adversarial term on the fake score's encoder features, with real images (the weights
+    here are DMD2-style starting points, not the paper's)."""
+
+    name: Literal["sida"] = "sida"  # type: ignore[assignment]
+    gan: GANConfig = GANConfig(generator_weight=0.01, discriminator_weight=1.0)
+
+
+def _build_sid(cfg: SiDConfig, student: Denoiser, teacher: Denoiser) -> Objective:
+    return ScoreIdentityDistillation(
+        student, teacher, make_fake_score(cfg, student, teacher), alpha=cfg.alpha,
+        fake_guidance_scale=cfg.fake_guidance_scale, fake_train_guidance_scale=cfg.fake_train_guidance_scale,
+        fake_cond_dropout=cfg.fake_cond_dropout, student_times=cfg.student_times, guidance_scale=cfg.guidance_scale,
+        time_range=cfg.time_range, time_shift=cfg.time_shift, fake_score_updates=cfg.fake_score_updates,
+        backward_simulation=cfg.backward_simulation, gan_generator_weight=cfg.gan.generator_weight,
+        gan_discriminator_weight=cfg.gan.discriminator_weight)
+
+
+register("sid", SiDConfig, _build_sid)
+register("sid_lsg", SiDLSGConfig, _build_sid)
+register("sida", SiDAConfig, _build_sid)
