@@ -24,7 +24,7 @@ def test_recipe_loads_and_overrides_are_typed():
     ("run.lr=3", "config error: run.lr: unknown key; allowed keys: attention_backend,"),
     ("run.max_steps=abc", "config error: run.max_steps: Input should be a valid integer"),
     ("objective.solver=rk4", "config error: objective.solver: Input should be 'ddim', 'euler' or 'heun'"),
-    ("objective.name=nope", "config error: objective.name: 'nope' is not known; allowed: cd"),
+    ("objective.name=nope", "config error: objective.name: 'nope' is not known; allowed: add, cd"),
     ("objective.typo=1", "config error: objective.typo: unknown key; allowed keys:"),
     ("data.kind=nope", "config error: data.kind: 'nope' is not known; allowed:"),
     ("model.kind=unet2d", "config error: data.kind: 'toy' does not fit model.kind='unet2d'"),

@@ -77,6 +77,8 @@ class DistributionMatching(FewStepGenerator):
         super().__init__(student, teacher, student_times=student_times, time_range=time_range, time_shift=time_shift,
                          backward_simulation=backward_simulation)
         self.fake_score = fake_score
+        if fake_score is not None:  # a LoRA fake score lives on the teacher's modules: keep the adapter trainable
+            fake_score.requires_grad_(True)
         self.guidance_scale, self.fake_score_updates = guidance_scale, fake_score_updates
         self.fake_cond_dropout = fake_cond_dropout
         self.gan_generator_weight, self.gan_discriminator_weight = gan_generator_weight, gan_discriminator_weight
