@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..diffusion import renoise_step
+from ..diffusion import VPPath, renoise_step
 from ..diffusion.timesteps import _trainable_range
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, initial_state, time_like
@@ -121,8 +121,9 @@ class FewStepGenerator(Objective):
         if num_steps <= k:
             return self.times[(torch.arange(num_steps) * k) // num_steps]
         lo, hi = _trainable_range(self.teacher.path)
-        return torch.tensor([hi - (hi - lo) * i / num_steps for i in range(num_steps)], dtype=torch.float64,
+        grid = torch.tensor([hi - (hi - lo) * i / num_steps for i in range(num_steps)], dtype=torch.float64,
                             device=self.times.device)
+        return grid.round() if isinstance(self.teacher.path, VPPath) else grid  # VP: integer DDPM timesteps
 
     @torch.no_grad()
     def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:

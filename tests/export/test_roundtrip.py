@@ -20,6 +20,7 @@ off, and (b) agreement with the real student within 3 * max_boundary_error * max
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,7 +84,8 @@ def check_round_trip(run, loaded, monkeypatch, call_kwargs=None):
     noise, cond, pipe_inputs = student_and_inputs(run, latent_size_multiple(loaded.pipe, loaded.family))
     first = None
     for n in spec.recommended_steps:
-        latents = initial_state(noise, run.setup.student.path, objective.sampling_grid(n)[0])
+        grid = getattr(objective, "sampling_grid", None) or objective.sampling_times
+        latents = initial_state(noise, run.setup.student.path, grid(n)[0])
         with matched_noise(monkeypatch, 7, tuple(noise.shape)):
             out = loaded.generate(n, latents, generator=torch.Generator().manual_seed(123), **pipe_inputs,
                                   **(call_kwargs or {}))
@@ -165,3 +167,23 @@ def test_full_text_pipeline_fused_round_trip(trained, exported, monkeypatch):
     assert type(pipe.scheduler).__name__ == "LCMScheduler"
     assert not list(folder.rglob("*.bin"))
     check_round_trip(open_run(trained("sd15")), load_export(folder), monkeypatch)
+
+
+@pytest.mark.parametrize("recipe,family", [("sid_sd15_tiny", "sd15"), ("rcm_sd3_tiny", "sd3"),
+                                           ("scm_ladd_flux_tiny", "flux")])
+def test_generator_and_scm_students_round_trip(recipe, family, tmp_path, monkeypatch):
+    """Few-step generators (SiD here: jump to x0, re-noise) export with the default scheduler; sCM-family students
+    (rCM, sCM + LADD) export their TrigFlow sampler as the native re-noising sampler at equal-SNR times."""
+    from fewstep import distill
+    from fewstep.export import export_run
+    from fewstep.models.tiny import tiny_pipeline
+    root = Path(__file__).resolve().parents[2]
+
+    run_dir = tmp_path / "run"
+    assert distill.main(["--config", str(root / "configs" / f"{recipe}.yaml"), f"run.output_dir={run_dir}",
+                         "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=0",
+                         "run.num_samples=1", "run.sample_steps=[1,2]", "student.lora.rank=4"]) == 0
+    folder = export_run(run_dir, "lora", tmp_path / "export")
+    loaded = load_export(folder, base=tiny_pipeline(family), check_base=True)
+    loaded.pipe.set_progress_bar_config(disable=True)
+    check_round_trip(open_run(run_dir), loaded, monkeypatch)
