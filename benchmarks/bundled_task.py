@@ -5,6 +5,8 @@ budget and measure FD (bundled classifier features, vs the held-out test split) 
     python benchmarks/bundled_task.py --methods cd --train-steps 400 --num-eval 1000
     python benchmarks/bundled_task.py --inception 2048      # + Inception FID (grey->RGB, clean resize) for the
                                                             #   teacher (32 steps) and each method's best setting
+    python benchmarks/bundled_task.py --methods sid --merge # add / replace one method's rows in the existing
+                                                            #   results (same num-eval; teacher rows kept)
 
 Writes benchmarks/results/bundled_task.json, bundled_task.md and bundled_task.png.
 """
@@ -65,7 +67,12 @@ def main() -> None:
     parser.add_argument("--num-eval", type=int, default=1000)
     parser.add_argument("--inception", type=int, default=0, help="also Inception FID on this many samples (>= 2048)")
     parser.add_argument("--out", default="runs/bundled_task")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other methods' rows and the teacher's from benchmarks/results/bundled_task.json")
     args = parser.parse_args()
+    previous = json.loads((RESULTS / "bundled_task.json").read_text()) if args.merge else None
+    if previous is not None and previous["num_eval"] != args.num_eval:
+        parser.error(f"--merge: the existing results use --num-eval {previous['num_eval']}; rerun with it")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from fewstep.data.animal_mnist import load_animal_mnist, to_model_range
@@ -87,7 +94,12 @@ def main() -> None:
             print(rows[-1], flush=True)
         best_row = min((r for r in rows if r["model"] == method), key=lambda r: r["fd"])
         best[method] = (setup, best_row["steps"])
-    for steps in TEACHER_STEPS:
+    methods = [m for m in args.methods.split(",") if m]
+    if previous is not None:  # earlier methods' rows first, then the new ones; the teacher's rows are reused
+        kept = [r for r in previous["rows"] if r["model"] not in methods and not r["model"].startswith("teacher")]
+        rows = kept + rows + [r for r in previous["rows"] if r["model"].startswith("teacher")]
+        times = {**{k: v for k, v in previous["training"].items() if k not in methods}, **times}
+    for steps in (() if previous is not None else TEACHER_STEPS):
         # even time grid: diffusers' default flow grid spends a whole step between sigma 0.001 and 0
         x = generate(lambda z, c: sample_ode(teacher, z, steps, c, guidance, solver="euler", grid="uniform"), args.num_eval)
         rows.append({"model": f"teacher (Euler, CFG {guidance})", "steps": steps, "fd": fd_to_test(x)})
@@ -95,6 +107,8 @@ def main() -> None:
     payload = {"metric": "FD, bundled classifier features, vs test split", "num_eval": args.num_eval,
                "teacher_sampler": "Euler on an even time grid, CFG as in the recipe",
                "rows": rows, "training": times, "reference": floor_and_ceiling(args.num_eval)}
+    if previous is not None and "inception_fid_vs_train" in previous and not args.inception:
+        payload["inception_fid_vs_train"] = previous["inception_fid_vs_train"]
     if args.inception:
         train_images, _ = load_animal_mnist("train")
         reference = to_model_range(train_images[:args.inception])
