@@ -15,11 +15,12 @@ from fewstep.config import load_config
 from fewstep.training.trainer import Trainer, make_accelerator, step_generator
 
 
-def main(out_dir: str, max_steps: int, resume: str | None) -> None:
+def main(out_dir: str, max_steps: int, resume: str | None, recipe: str = "cd_toy.yaml") -> None:
     root = Path(__file__).resolve().parents[2]
-    config = load_config(root / "configs" / "cd_toy.yaml", [
+    toy = recipe.endswith("_toy.yaml")
+    config = load_config(root / "configs" / recipe, [
         f"run.output_dir={out_dir}", f"run.max_steps={max_steps}", "run.trackers=[]", "run.progress_bar=false",
-        "run.num_samples=0", "data.batch_size=32", "run.ema_decay=0.9"])
+        "run.num_samples=0", "run.ema_decay=0.9", *(["data.batch_size=32"] if toy else ["run.checkpoint_every=0"])])
     accelerator = make_accelerator(config.run)
     setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes)
     trainer = Trainer(setup.objective, setup.data, config.run, config.optimizers, None, accelerator)
@@ -27,10 +28,12 @@ def main(out_dir: str, max_steps: int, resume: str | None) -> None:
     rank = accelerator.process_index
     draws = torch.rand(8, generator=step_generator(config.run.seed, rank, 0))
     batch = setup.data.next_batch(step_generator(config.run.seed, rank, 0))
-    weights = {f"student.{k}": v.contiguous() for k, v in setup.student.state_dict().items() if "teacher" not in k}
+    weights = {f"{name}.{k}": v.contiguous() for name, net in setup.objective.trainable_networks().items()
+               for k, v in net.state_dict().items() if "teacher" not in k}
     save_file({**weights, "draws": draws, "first_batch": batch.x0,
                "world_size": torch.tensor(accelerator.num_processes)}, f"{out_dir}/rank{rank}.safetensors")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "-" else None,
+         *sys.argv[4:5])

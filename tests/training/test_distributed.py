@@ -17,11 +17,11 @@ pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None and not (Path
                                 reason="accelerate launcher not installed")
 
 
-def launch(out: Path, steps: int, resume: str | None = None) -> None:
+def launch(out: Path, steps: int, resume: str | None = None, recipe: str | None = None) -> None:
     accelerate = str(Path(sys.executable).parent / "accelerate")
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + os.getpid() % 1000),
-           str(PROBE), str(out), str(steps)] + ([resume] if resume else [])
+           str(PROBE), str(out), str(steps), resume or "-"] + ([recipe] if recipe else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -49,6 +49,20 @@ def test_two_processes_sync_gradients_and_resume(tmp_path):
         assert (s0[k] == r0[k]).all(), f"{k} differs after a 2-process resume"
     assert sorted(p.name for p in (split / "checkpoints" / "step-00000004").glob("random_states_*")) == \
         ["random_states_0.pkl", "random_states_1.pkl"]
+
+
+@pytest.mark.parametrize("recipe", ["ladd_sd15_tiny.yaml", "sida_dit_tiny.yaml"])
+def test_two_processes_sync_discriminator_and_fake_score(recipe, tmp_path):
+    """Every trained network of a GAN / score-identity objective (student, discriminator heads, fake score with
+    its GAN head) stays identical across the two replicas: each phase's forward runs through its DDP wrapper."""
+    launch(tmp_path, 2, recipe=recipe)
+    r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    networks = {k.split(".")[0] for k in r0 if k not in ("draws", "first_batch", "world_size")}
+    assert networks == {"student", "discriminator" if recipe.startswith("ladd") else "fake_score"}
+    for k in r0:
+        if k.split(".")[0] in networks:
+            assert (r0[k] == r1[k]).all(), k
+    assert not (r0["first_batch"] == r1["first_batch"]).all()
 
 
 def test_accelerate_launch_module_entry(tmp_path):
