@@ -126,9 +126,10 @@ def objective_method(objective: Any) -> str:
 
 
 def default_export_scheduler(objective: Any, steps: Sequence[int] = DEFAULT_STEPS,
-                             method: str | None = None) -> FewStepScheduler:
-    """Multistep x0 sampler (jump to x0 with an optional LCM boundary condition, re-noise to the next time)."""
-    grid_fn = getattr(objective, "sampling_grid", None) or getattr(objective, "sampling_times", None)
+                             method: str | None = None, grid_fn: Any = None, stochastic: bool = True) -> FewStepScheduler:
+    """Multistep x0 sampler (jump to x0 with an optional LCM boundary condition, re-noise to the next time);
+    stochastic=False: deterministic DDIM / Euler jumps between the grid's times, then to the clean end (flow only)."""
+    grid_fn = grid_fn or getattr(objective, "sampling_grid", None) or getattr(objective, "sampling_times", None)
     if not callable(grid_fn):
         raise SchedulerExportError(
             f"{type(objective).__name__} has no export_scheduler(steps) and no sampling_grid / sampling_times"
@@ -140,13 +141,14 @@ def default_export_scheduler(objective: Any, steps: Sequence[int] = DEFAULT_STEP
     guidance = _distilled_guidance(objective)
     common = dict(method=method or objective_method(objective), guidance_scale=1.0,
                   guidance_distilled=guidance, recommended_steps=sorted(int(n) for n in steps))
-    if isinstance(student.path, VPPath):
+    if isinstance(student.path, VPPath) and stochastic:
         return lcm_scheduler(student.path, student.prediction_type, grids, boundary, **common)
     if isinstance(student.path, FlowPath):
-        return flow_scheduler(student.path, student.prediction_type, grids, boundary, **common)
+        return flow_scheduler(student.path, student.prediction_type, grids, boundary, stochastic=stochastic, **common)
     raise SchedulerExportError(
-        f"no diffusers scheduler reproduces a {type(student.path).__name__} student by default; give "
-        f"{type(objective).__name__} an export_scheduler(steps) hook")
+        f"no diffusers scheduler reproduces a {'deterministic ' if not stochastic else ''}"
+        f"{type(student.path).__name__} student by default; give {type(objective).__name__} an "
+        "export_scheduler(steps) hook")
 
 
 def _distilled_guidance(objective: Any) -> bool:
@@ -197,8 +199,9 @@ def lcm_scheduler(path: VPPath, prediction_type: str, grids: Mapping[int, torch.
 
 
 def flow_scheduler(path: FlowPath, prediction_type: str, grids: Mapping[int, torch.Tensor], boundary: Any,
-                   **common: Any) -> FewStepScheduler:
-    """FlowMatchEulerDiscreteScheduler(stochastic_sampling=True): x0 = x - sigma v, then re-noise to the next sigma."""
+                   stochastic: bool = True, **common: Any) -> FewStepScheduler:
+    """FlowMatchEulerDiscreteScheduler(stochastic_sampling=True): x0 = x - sigma v, then re-noise to the next sigma.
+    stochastic=False: its plain Euler step, which on the flow path IS the DDIM jump (1 - s') x0 + s' eps."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if prediction_type != "flow_prediction":
@@ -224,7 +227,7 @@ def flow_scheduler(path: FlowPath, prediction_type: str, grids: Mapping[int, tor
             "FlowMatchEulerDiscreteScheduler would not reproduce it (raise timestep_scaling or add an "
             "export_scheduler hook)")
     config = dict(FlowMatchEulerDiscreteScheduler(num_train_timesteps=path.num_train_timesteps, shift=1.0,
-                                                  use_dynamic_shifting=False, stochastic_sampling=True).config)
+                                                  use_dynamic_shifting=False, stochastic_sampling=stochastic).config)
     return FewStepScheduler("FlowMatchEulerDiscreteScheduler", _plain(config), steps, max_boundary_error=worst,
                             notes=("sigmas are used as given (shift 1.0, no dynamic shifting); the student's boundary scaling "
                                    f"c_skip/c_out is left out, a relative difference of at most {worst:.1e}"

@@ -169,11 +169,13 @@ def test_full_text_pipeline_fused_round_trip(trained, exported, monkeypatch):
     check_round_trip(open_run(trained("sd15")), load_export(folder), monkeypatch)
 
 
-@pytest.mark.parametrize("recipe,family", [("sid_sd15_tiny", "sd15"), ("rcm_sd3_tiny", "sd3"),
-                                           ("scm_ladd_flux_tiny", "flux")])
-def test_generator_and_scm_students_round_trip(recipe, family, tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe,family,extra", [
+    ("sid_sd15_tiny", "sd15", []), ("rcm_sd3_tiny", "sd3", []), ("scm_ladd_flux_tiny", "flux", []),
+    ("mcm_sd3_tiny", "sd3", []), ("mcm_sana_tiny", "sana", ["objective.gamma=1"])])
+def test_generator_and_consistency_students_round_trip(recipe, family, extra, tmp_path, monkeypatch):
     """Few-step generators (SiD here: jump to x0, re-noise) export with the default scheduler; sCM-family students
-    (rCM, sCM + LADD) export their TrigFlow sampler as the native re-noising sampler at equal-SNR times."""
+    (rCM, sCM + LADD) export their TrigFlow sampler as the native re-noising sampler at equal-SNR times; multistep
+    CM students at gamma = 0 (edge-to-edge jumps: plain flow Euler) and gamma = 1 (re-noise)."""
     from fewstep import distill
     from fewstep.export import export_run
     from fewstep.models.tiny import tiny_pipeline
@@ -182,7 +184,7 @@ def test_generator_and_scm_students_round_trip(recipe, family, tmp_path, monkeyp
     run_dir = tmp_path / "run"
     assert distill.main(["--config", str(root / "configs" / f"{recipe}.yaml"), f"run.output_dir={run_dir}",
                          "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=0",
-                         "run.num_samples=1", "run.sample_steps=[1,2]", "student.lora.rank=4"]) == 0
+                         "run.num_samples=1", "run.sample_steps=[1,2]", "student.lora.rank=4", *extra]) == 0
     folder = export_run(run_dir, "lora", tmp_path / "export")
     loaded = load_export(folder, base=tiny_pipeline(family), check_base=True)
     loaded.pipe.set_progress_bar_config(disable=True)
