@@ -1,8 +1,8 @@
 """`fewstep demo`: distil the bundled teacher on this machine in minutes and show the student beats it.
 
 Default task: the committed Animal-MNIST teacher (a class-conditional DiT flow-matching model on real
-28x28 silhouettes) is distilled with configs/cd_animal_mnist.yaml through the same config -> trainer
-path as every recipe. Teacher (Euler, CFG) and student are then measured at equal step counts by FD in
+28x28 silhouettes) is distilled with configs/sid_animal_mnist.yaml (SiD, data-free; the best 1-step FD per
+CPU minute in benchmarks/results/bundled_task.json) through the same config -> trainer path as every recipe. Teacher (Euler, CFG) and student are then measured at equal step counts by FD in
 the bundled classifier's features against the held-out test split. `--task toy` runs the analytic
 Gaussian-mixture version instead (exact metric, seconds).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPES = {"animal_mnist": REPO / "configs" / "cd_animal_mnist.yaml", "toy": REPO / "configs" / "cd_toy.yaml"}
+RECIPES = {"animal_mnist": REPO / "configs" / "sid_animal_mnist.yaml", "toy": REPO / "configs" / "cd_toy.yaml"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -80,7 +80,7 @@ def _measure_animal_mnist(setup, config, out_dir: Path, n: int) -> tuple[list[di
     for steps in (1, 2):
         generator = torch.Generator().manual_seed(7)
         x = generate(lambda z, c: setup.objective.sample(z, steps, c, generator), n)
-        rows.append({"model": "student (CD)", "steps": steps, "score": fd_to_test(x)})
+        rows.append({"model": f"student ({config.objective.name})", "steps": steps, "score": fd_to_test(x)})
         save_image_grid(x[:40], out_dir / f"demo_student_{steps}step.png", nrow=NUM_CLASSES)
     rows.append({"model": "real train images (floor)", "steps": 0, "score": floor_and_ceiling(n)["train_vs_test"]})
     return rows, f"FD in the bundled classifier's features vs the test split, {n} samples (lower is better)"
@@ -113,6 +113,7 @@ def _measure_toy(setup, config, out_dir: Path, n: int) -> tuple[list[dict], str]
             for s in (1, 4, 32)]
     for steps in (1, 2):
         x = setup.objective.sample(noise, steps, None, torch.Generator().manual_seed(99))
-        rows.append({"model": "student (CD)", "steps": steps, "score": sliced_wasserstein(x, reference)})
+        rows.append({"model": f"student ({config.objective.name})", "steps": steps,
+                     "score": sliced_wasserstein(x, reference)})
         save_scatter(x, out_dir / f"demo_student_{steps}step.png", reference, f"student, {steps} step")
     return rows, "sliced W1 distance to the true data distribution (lower is better)"

@@ -115,12 +115,12 @@ class FewStepGenerator(Objective):
         return len(self.times)
 
     def sampling_times(self, num_steps: int) -> Tensor:
-        """The trained times (num_steps == len(times)), an even subset of them (fewer steps), or an even
-        grid from t_max (more steps than trained: untrained times, for curiosity only)."""
+        """The trained times (num_steps == len(times)), an even subset of them (fewer steps), or an even grid
+        from the first trained time (more steps than trained: untrained later times, for curiosity only)."""
         k = len(self.times)
         if num_steps <= k:
             return self.times[(torch.arange(num_steps) * k) // num_steps]
-        lo, hi = _trainable_range(self.teacher.path)
+        lo, hi = _trainable_range(self.teacher.path)[0], float(self.times[0])
         grid = torch.tensor([hi - (hi - lo) * i / num_steps for i in range(num_steps)], dtype=torch.float64,
                             device=self.times.device)
         return grid.round() if isinstance(self.teacher.path, VPPath) else grid  # VP: integer DDPM timesteps
