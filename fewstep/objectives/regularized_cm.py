@@ -90,7 +90,8 @@ class LADDRegularizerConfig(StrictModel):
 
 
 class SCMLADDConfig(SCMConfig):
-    """SANA-Sprint: sCM + LADD (adversarial weight 0.5 by default; tune it)."""
+    """SANA-Sprint: sCM + LADD. The weight multiplies a per-sample hinge loss against sCM's per-element one, so it
+    scales like 1/D (D = elements per sample): 0.5 suits the 2-D toy, 0.005 the bundled 28x28 task."""
 
     name: Literal["scm_ladd"] = "scm_ladd"  # type: ignore[assignment]
     regularizer_weight: float = 0.5
