@@ -3,7 +3,6 @@ backbones, the ADD distillation term, and the GAN stability guard through the tr
 
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,8 @@ from fewstep.objectives.discriminator import ConditionEmbedding, FeatureDiscrimi
 from fewstep.objectives.gan import feature_channels
 from fewstep.training.trainer import NonFiniteError, Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
-QUIET = ["run.trackers=[]", "run.progress_bar=false", "run.num_samples=0", "run.checkpoint_every=0"]
+from .helpers import QUIET, ROOT
+
 FAMILIES = {"unet2d": ("unet2d", {}), "sd15": ("unet2d_condition", {}), "sdxl": ("unet2d_condition", {"sdxl": True}),
             "sd3": ("sd3", {}), "flux": ("flux", {}), "sana": ("sana", {}), "dit": ("dit", {})}
 

@@ -13,8 +13,7 @@ from fewstep.sampling import sample_ode
 from fewstep.toy import sliced_wasserstein
 from fewstep.training.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
-QUIET = ["run.trackers=[]", "run.progress_bar=false", "run.num_samples=0", "run.checkpoint_every=0"]
+from .helpers import QUIET, ROOT
 
 
 def train_and_score(recipe: str, tmp_path: Path, steps: tuple[int, ...]) -> tuple[dict[int, float], dict[int, float]]:

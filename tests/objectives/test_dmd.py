@@ -3,7 +3,6 @@ simulation, the LoRA fake score, the GAN losses, regression pairs, and the exact
 
 import copy
 import runpy
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +19,7 @@ from fewstep.sampling import sample_ode
 from fewstep.toy import GaussianMixtureDenoiser, ToyStudent, ring_mixture, sliced_wasserstein
 from fewstep.training.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
-QUIET = ["run.trackers=[]", "run.progress_bar=false", "run.num_samples=0", "run.checkpoint_every=0"]
+from .helpers import QUIET, ROOT
 
 
 def perturbed(module: torch.nn.Module, seed: int, scale: float = 0.3) -> torch.nn.Module:

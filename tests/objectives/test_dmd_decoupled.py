@@ -1,32 +1,23 @@
 """Decoupled DMD: CA + DM with unit weights is DMD's update, CA is the written-out CFG term, the DM
 replacements, and the exact-toy margin over the teacher with CFG."""
 
-from pathlib import Path
-
 import torch
 
 import fewstep.objectives.dmd_decoupled  # noqa: F401  (registers decoupled_dmd until registry.py imports it)
 from fewstep.build import build_setup
 from fewstep.config import load_config
-from fewstep.diffusion import FlowPath
 from fewstep.objectives import Batch
 from fewstep.objectives.dmd import DistributionMatching
 from fewstep.objectives.dmd_decoupled import DecoupledDMD, mmd_rbf_loss
-from fewstep.objectives.fake_score import build_fake_score
 from fewstep.sampling import sample_ode
-from fewstep.toy import GaussianMixtureDenoiser, ToyStudent, mmd_rbf, ring_mixture, sliced_wasserstein
+from fewstep.toy import mmd_rbf, sliced_wasserstein
 from fewstep.training.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
-QUIET = ["run.trackers=[]", "run.progress_bar=false", "run.num_samples=0", "run.checkpoint_every=0"]
+from .helpers import QUIET, ROOT, class_conditional_toy_parts
 
 
 def parts():
-    teacher = GaussianMixtureDenoiser(ring_mixture(num_classes=2), FlowPath())
-    student = ToyStudent(teacher, hidden=16, depth=2)
-    fake = build_fake_score(teacher, ToyStudent(teacher, hidden=16, depth=2))
-    with torch.no_grad():
-        fake.network.head.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    teacher, student, fake = class_conditional_toy_parts()
     labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
     return teacher, student, fake, Batch(torch.zeros(8, 2), {"class_labels": labels})
 

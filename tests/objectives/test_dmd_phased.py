@@ -1,7 +1,6 @@
 """Phased DMD: the subinterval score-matching target against the Gaussian-mixture closed form, routing of the
 experts, phase-by-phase training, and the exact-toy margin (and diversity) against the teacher and DMD2."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,7 @@ from fewstep.toy import GaussianMixture, GaussianMixtureDenoiser, ToyStudent, mo
     sliced_wasserstein
 from fewstep.training.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
-QUIET = ["run.trackers=[]", "run.progress_bar=false", "run.num_samples=0", "run.checkpoint_every=0"]
+from .helpers import QUIET, ROOT
 
 
 def mixture_at(mixture: GaussianMixture, path, s: torch.Tensor) -> GaussianMixture:

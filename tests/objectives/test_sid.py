@@ -1,7 +1,6 @@
 """SiD / SiD-LSG / SiDA: the generator loss and its gradient against the hand-derived formulas, data-free
 training, LSG's guidance placement, and the exact-toy margin over the teacher."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,7 @@ from fewstep.objectives import Batch
 from fewstep.objectives.sid import ScoreIdentityDistillation, sid_loss
 from fewstep.training.trainer import NonFiniteError, Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
-QUIET = ["run.trackers=[]", "run.progress_bar=false", "run.num_samples=0", "run.checkpoint_every=0"]
+from .helpers import QUIET, ROOT
 
 
 def per_sample_weight(x, real):

@@ -3,20 +3,10 @@ and SNOOPI's proper guidance (one random scale shared by both scores)."""
 
 import torch
 
-from fewstep.diffusion import FlowPath
 from fewstep.objectives import Batch
-from fewstep.objectives.fake_score import build_fake_score
 from fewstep.objectives.vsd import VariationalScoreDistillation
-from fewstep.toy import GaussianMixtureDenoiser, ToyStudent, ring_mixture
 
-
-def parts():
-    teacher = GaussianMixtureDenoiser(ring_mixture(num_classes=2), FlowPath())
-    student = ToyStudent(teacher, hidden=16, depth=2)
-    fake = build_fake_score(teacher, ToyStudent(teacher, hidden=16, depth=2))
-    with torch.no_grad():
-        fake.network.head.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
-    return teacher, student, fake
+from .helpers import class_conditional_toy_parts as parts
 
 
 def test_vsd_gradient_is_weighted_noise_difference():
