@@ -115,7 +115,6 @@ class FeatureDiscriminator(nn.Module):
         spatial = getattr(backbone, "spatial", True)
         if self.is_denoiser:
             modules = backbone.tap_modules()
-            self._tap_modules = modules
             self.taps = taps or spread_taps(list(modules), 3)
             unknown = [n for n in self.taps if n not in modules]
             if unknown:
@@ -143,15 +142,8 @@ class FeatureDiscriminator(nn.Module):
         if not self.is_denoiser:
             out = backbone(x)
             return {name: out[name] for name in self.taps}
-        captured: dict[str, Tensor] = {}
-        handles = [self._tap_modules[name].register_forward_hook(
-            lambda _m, _i, out, name=name: captured.__setitem__(name, backbone.tap_value(name, out)))
-            for name in self.taps]
-        try:
+        with backbone.feature_taps(self.taps) as captured:
             backbone(x, t, cond)
-        finally:
-            for handle in handles:
-                handle.remove()
         return captured
 
     def forward(self, x: Tensor, t: Tensor | None, cond: Cond | None = None, backbone_grad: bool = True) -> Tensor:
