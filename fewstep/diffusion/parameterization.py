@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from .paths import GaussianPath, TrigFlowPath, expand_like
@@ -74,3 +75,15 @@ def convert_prediction(pred: Tensor, src_type: str, dst_type: str, x_t: Tensor, 
 def _require_trigflow(path: GaussianPath) -> None:
     if not isinstance(path, TrigFlowPath):
         raise ValueError("prediction_type 'trigflow' is defined on the TrigFlow path only; convert the state with convert_state first")
+
+
+def lcm_boundary_scalings(path: GaussianPath, t: Tensor, boundary_time: float, sigma_data: float = 0.5,
+                          timestep_scaling: float = 10.0) -> tuple[Tensor, Tensor]:
+    """LCM's skip scalings (diffusers LCMScheduler.get_scalings_for_boundary_condition_discrete):
+    c_skip = sd^2 / ((k tau)^2 + sd^2), c_out = k tau / sqrt((k tau)^2 + sd^2), tau the model timestep measured
+    from the boundary time; c_skip = 1, c_out = 0 exactly at the boundary."""
+    t_b = torch.as_tensor(boundary_time, dtype=t.dtype, device=t.device)
+    tau = (path.model_timestep(t) - path.model_timestep(t_b)) * timestep_scaling
+    c_skip = sigma_data ** 2 / (tau ** 2 + sigma_data ** 2)
+    c_out = tau / (tau ** 2 + sigma_data ** 2).sqrt()
+    return c_skip, c_out

@@ -69,13 +69,20 @@ def renoise_step(x0: Tensor, t_next: Tensor, noise: Tensor, path: GaussianPath) 
     return path.add_noise(x0, noise, t_next)
 
 
-def tcd_step(x0: Tensor, eps: Tensor, t_next: Tensor, gamma: float, noise: Tensor, path: GaussianPath) -> Tensor:
+def tcd_step(x0: Tensor, eps: Tensor, t_next: Tensor, gamma: float, noise: Tensor, path: GaussianPath,
+             time_axis: GaussianPath | None = None) -> Tensor:
     """TCD's strategic stochastic step (Zheng et al. 2024, Eq. 9): DDIM to s = (1-gamma) t_next, re-noise to t_next.
 
     gamma = 0 is deterministic DDIM; gamma = 1 is the full re-noise of multistep consistency sampling.
-    Intermediate time is taken on the path's log-SNR-free time axis relative to t_min.
+    s is (1 - gamma) of the way from t_min to t_next on `time_axis`'s time (default: the path's own), mapped
+    to `path` at equal SNR: a sampler defined on TrigFlow's angle runs exactly on a native path this way.
     """
-    t_min = torch.as_tensor(path.t_min, dtype=t_next.dtype, device=t_next.device)
-    s = t_min + (1 - gamma) * (t_next - t_min)
+    if gamma == 0:  # exactly DDIM: s = t_next computed in floats would leave sqrt(rounding) ~ 1e-7 of noise
+        return ddim_step(x0, eps, t_next, path)
+    axis = time_axis or path
+    u_next = t_next if axis is path else axis.t_from_log_snr(path.log_snr(t_next))
+    u_min = torch.as_tensor(axis.t_min, dtype=u_next.dtype, device=u_next.device)
+    u_s = u_min + (1 - gamma) * (u_next - u_min)
+    s = u_s if axis is path else path.t_from_log_snr(axis.log_snr(u_s))
     x_s = ddim_step(x0, eps, s, path)
     return forward_noise(x_s, s, t_next, noise, path)

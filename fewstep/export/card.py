@@ -40,22 +40,25 @@ def model_card(info: dict[str, Any], spec: FewStepScheduler, family: ExportFamil
     kwargs = {"num_inference_steps": n, **spec.set_timesteps_kwargs(n), **info["call_kwargs"]}
     call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     what = "prompt='a photo of a cat'" if family.text else "class_labels=[0]"
+    own = spec.library != "diffusers"  # fewstep's own scheduler: its module must be imported before loading
+    imports = "import diffusers" + (f"\nimport {spec.library}  # the shipped scheduler's class" if own else "")
+    scheduler_cls = f"{spec.library}.{spec.class_name}"
     if not family.text:
-        load = (f"import diffusers, torch\n"
+        load = (f"{imports}\n"
                 f"pipe = diffusers.{family.pipeline_class}.from_pretrained('EXPORT_DIR')\n"
                 f"# {family.pipeline_class} cannot take custom timesteps / class labels: run its loop with the\n"
                 f"# shipped scheduler (fewstep.export.families.scheduler_loop does exactly this), or\n"
                 f"#   fewstep sample --model EXPORT_DIR --steps {n} --class 0")
     elif fmt == "full":
-        load = (f"import diffusers\npipe = diffusers.{family.pipeline_class}.from_pretrained('EXPORT_DIR')\n"
+        load = (f"{imports}\npipe = diffusers.{family.pipeline_class}.from_pretrained('EXPORT_DIR')\n"
                 + ("pipe.load_lora_weights('EXPORT_DIR')  # not fused: the LoRA sits next to the base weights\n"
                    if info.get("lora_unfused") else "")
                 + f"image = pipe({what}, {call}).images[0]")
     else:
         weight = f", weight_name='{info['weight_name']}'"
-        load = (f"import diffusers\n"
+        load = (f"{imports}\n"
                 f"pipe = diffusers.{family.pipeline_class}.from_pretrained('{base}')\n"
-                f"pipe.scheduler = diffusers.{spec.class_name}.from_pretrained('EXPORT_DIR', subfolder='scheduler')\n"
+                f"pipe.scheduler = {scheduler_cls}.from_pretrained('EXPORT_DIR', subfolder='scheduler')\n"
                 f"pipe.load_lora_weights('EXPORT_DIR'{weight})\n"
                 f"image = pipe({what}, {call}).images[0]")
     schedules = "\n".join(f"| {k} | {spec.class_name} | {v} |" for k, v in
@@ -95,7 +98,7 @@ Distilled with fewstep {info['fewstep_version']} from run `{info['run_dir']}`
 | format | {fmt}{' (LoRA fused)' if info.get('fused') else ''}, {info['dtype']}, safetensors |
 | pipeline | {family.pipeline_class} |
 | recommended steps | {', '.join(map(str, steps))} |
-| scheduler | {spec.class_name} (in `scheduler/`) |
+| scheduler | {scheduler_cls if own else spec.class_name} (in `scheduler/`) |
 | {'guidance_scale (embedded)' if flux else 'guidance_scale'} | {info['call_kwargs'].get('guidance_scale', spec.guidance_scale)} |
 
 ## Usage

@@ -337,6 +337,8 @@ def load_export(path: str | Path, base: Any = None, dtype: str | torch.dtype | N
     torch_dtype = torch_dtype or DTYPES[info["dtype"]]
     report = None
     if info["format"] == "full":
+        from .. import schedulers  # noqa: F401  (diffusers loads a model_index.json's fewstep.schedulers only once imported)
+
         with _quiet_diffusers():
             pipe = pipeline_class(family).from_pretrained(str(path), torch_dtype=torch_dtype)
         if info.get("lora_unfused"):

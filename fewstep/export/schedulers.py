@@ -13,6 +13,11 @@ sampler that exposes `sampling_grid(num_steps)` or `sampling_times(num_steps)` (
 |--------------|-------------------------------------------------------|--------------------------|
 | VP (DDPM)    | LCMScheduler (c_skip/c_out = the student's boundary)  | set_timesteps(timesteps=[...]) (integers) |
 | flow         | FlowMatchEulerDiscreteScheduler(stochastic_sampling)  | set_timesteps(sigmas=[...]), shift 1      |
+| otherwise    | fewstep.schedulers.FewStepConsistencyScheduler        | timesteps (VP, may be non-integer) / sigmas |
+
+"Otherwise" is every sampler the stock classes cannot visit exactly: TCD's 0 < gamma < 1, deterministic VP
+jumps (gamma = 0), non-integer VP timesteps, a VP grid at timestep 0 without a boundary condition; the export
+notes say why the stock class was not used.
 
 LCMScheduler hard-codes sigma_data = 0.5, so another sigma_data is folded into timestep_scaling
 (c_skip and c_out only depend on timestep_scaling * t / sigma_data). Without a boundary condition the
@@ -33,10 +38,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..diffusion import FlowPath, VPPath
+from ..diffusion import FlowPath, VPPath, lcm_boundary_scalings
 
 DEFAULT_STEPS = (1, 2, 4)
 MAX_BOUNDARY_ERROR = 1e-2
+# the only modules an export's scheduler class may come from (an export folder never names code to import)
+SCHEDULER_LIBRARIES = ("diffusers", "fewstep.schedulers")
 
 
 class SchedulerExportError(ValueError):
@@ -50,7 +57,8 @@ class FewStepScheduler:
     steps maps a step count to the kwargs of `scheduler.set_timesteps` (and of the pipeline call):
     {"timesteps": [...]} for discrete-time (VP) schedulers, {"sigmas": [...]} for flow matching.
     guidance_scale is the classifier-free guidance to use at inference (1.0: guidance is distilled in);
-    guidance_distilled says whether a CFG > 1 on top would apply guidance twice.
+    guidance_distilled says whether a CFG > 1 on top would apply guidance twice; library is where class_name
+    lives (one of SCHEDULER_LIBRARIES).
     """
 
     class_name: str
@@ -62,6 +70,7 @@ class FewStepScheduler:
     recommended_steps: list[int] = field(default_factory=list)
     max_boundary_error: float = 0.0
     notes: str = ""
+    library: str = "diffusers"
 
     def __post_init__(self) -> None:
         self.steps = {int(k): {kk: [float(x) for x in vv] for kk, vv in v.items()} for k, v in self.steps.items()}
@@ -79,21 +88,26 @@ class FewStepScheduler:
 
     # ---- diffusers side ----
     def build(self):
-        """The diffusers scheduler instance."""
-        import diffusers
+        """The scheduler instance (a diffusers class, or fewstep's own for samplers diffusers lacks)."""
+        import importlib
 
-        cls = getattr(diffusers, self.class_name, None)
+        if self.library not in SCHEDULER_LIBRARIES:
+            raise SchedulerExportError(f"scheduler library {self.library!r} is not one of {SCHEDULER_LIBRARIES}")
+        cls = getattr(importlib.import_module(self.library), self.class_name, None)
         if cls is None:
-            raise SchedulerExportError(f"diffusers has no scheduler class {self.class_name!r}")
+            raise SchedulerExportError(f"{self.library} has no scheduler class {self.class_name!r}")
         return cls.from_config(self.config)
 
     def set_timesteps_kwargs(self, num_steps: int) -> dict[str, list]:
-        """kwargs for `scheduler.set_timesteps` / the pipeline call (timesteps as ints for discrete schedulers)."""
+        """kwargs for `scheduler.set_timesteps` / the pipeline call (timesteps as ints for diffusers' discrete
+        schedulers; fewstep's own takes non-integer VP timesteps as they are)."""
         if num_steps not in self.steps:
             raise SchedulerExportError(f"this export has schedules for {sorted(self.steps)} steps, not {num_steps}; "
                                        "re-export with --steps including it")
         ((key, values),) = self.steps[num_steps].items()
-        return {key: [int(round(v)) for v in values] if key == "timesteps" else list(values)}
+        if key == "timesteps" and self.library == "diffusers":
+            return {key: [int(round(v)) for v in values]}
+        return {key: list(values)}
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -126,9 +140,11 @@ def objective_method(objective: Any) -> str:
 
 
 def default_export_scheduler(objective: Any, steps: Sequence[int] = DEFAULT_STEPS,
-                             method: str | None = None, grid_fn: Any = None, stochastic: bool = True) -> FewStepScheduler:
-    """Multistep x0 sampler (jump to x0 with an optional LCM boundary condition, re-noise to the next time);
-    stochastic=False: deterministic DDIM / Euler jumps between the grid's times, then to the clean end (flow only)."""
+                             method: str | None = None, grid_fn: Any = None, gamma: float = 1.0,
+                             time_axis: Any = None) -> FewStepScheduler:
+    """Multistep x0 sampler: jump to x0 (with the objective's LCM `boundary` if any), then TCD-step to the next
+    time of grid_fn(n) (gamma = 1: full re-noise; 0: deterministic DDIM jump; time_axis: the path on whose time
+    gamma is measured). A stock diffusers scheduler when one reproduces it exactly, else FewStepConsistencyScheduler."""
     grid_fn = grid_fn or getattr(objective, "sampling_grid", None) or getattr(objective, "sampling_times", None)
     if not callable(grid_fn):
         raise SchedulerExportError(
@@ -138,17 +154,43 @@ def default_export_scheduler(objective: Any, steps: Sequence[int] = DEFAULT_STEP
     student = objective.student
     grids = {int(n): grid_fn(int(n)).detach().double().cpu() for n in steps}
     boundary = getattr(objective, "boundary", None)
-    guidance = _distilled_guidance(objective)
     common = dict(method=method or objective_method(objective), guidance_scale=1.0,
-                  guidance_distilled=guidance, recommended_steps=sorted(int(n) for n in steps))
-    if isinstance(student.path, VPPath) and stochastic:
-        return lcm_scheduler(student.path, student.prediction_type, grids, boundary, **common)
-    if isinstance(student.path, FlowPath):
-        return flow_scheduler(student.path, student.prediction_type, grids, boundary, stochastic=stochastic, **common)
-    raise SchedulerExportError(
-        f"no diffusers scheduler reproduces a {'deterministic ' if not stochastic else ''}"
-        f"{type(student.path).__name__} student by default; give {type(objective).__name__} an "
-        "export_scheduler(steps) hook")
+                  guidance_distilled=_distilled_guidance(objective), recommended_steps=sorted(int(n) for n in steps))
+    try:
+        if isinstance(student.path, VPPath) and gamma == 1.0:
+            return lcm_scheduler(student.path, student.prediction_type, grids, boundary, **common)
+        if isinstance(student.path, FlowPath) and gamma in (0.0, 1.0):
+            return flow_scheduler(student.path, student.prediction_type, grids, boundary, stochastic=gamma == 1.0,
+                                  **common)
+        reason = (f"no stock diffusers scheduler takes a {type(student.path).__name__} sampler with gamma = {gamma}")
+    except SchedulerExportError as err:
+        reason = str(err)
+    return consistency_scheduler(student.path, student.prediction_type, grids, boundary, gamma, time_axis,
+                                 reason=reason, **common)
+
+
+def consistency_scheduler(path: Any, prediction_type: str, grids: Mapping[int, torch.Tensor], boundary: Any,
+                          gamma: float, time_axis: Any = None, reason: str = "", **common: Any) -> FewStepScheduler:
+    """fewstep.schedulers.FewStepConsistencyScheduler: the trainer's consistency sampler, exactly, at any gamma."""
+    from ..schedulers import FewStepConsistencyScheduler
+
+    if not isinstance(path, (VPPath, FlowPath)):
+        raise SchedulerExportError(f"a {type(path).__name__} student has no diffusers pipeline to export to")
+    key = "sigmas" if isinstance(path, FlowPath) else "timesteps"
+    for n, grid in grids.items():
+        if (grid <= path.t_min).any() or (grid > path.t_max).any():
+            raise SchedulerExportError(f"the {n}-step times {grid.tolist()} must lie in ({path.t_min}, {path.t_max}]")
+    t_b, scaling, sigma_data = _boundary_params(boundary)
+    scheduler = FewStepConsistencyScheduler(
+        path=_plain(path.config()), prediction_type=prediction_type, gamma=float(gamma),
+        time_axis=_plain(time_axis.config()) if time_axis is not None else None,
+        boundary_time=t_b if boundary is not None else None, sigma_data=sigma_data, timestep_scaling=scaling,
+        num_train_timesteps=path.num_train_timesteps)
+    notes = (f"fewstep's own scheduler (import fewstep.schedulers before DiffusionPipeline.from_pretrained): {reason}"
+             if reason else "fewstep's own scheduler (import fewstep.schedulers before DiffusionPipeline.from_pretrained)")
+    return FewStepScheduler("FewStepConsistencyScheduler", _plain(scheduler.config),
+                            {n: {key: grid.tolist()} for n, grid in grids.items()}, library="fewstep.schedulers",
+                            notes=notes, **common)
 
 
 def _distilled_guidance(objective: Any) -> bool:
@@ -216,9 +258,7 @@ def flow_scheduler(path: FlowPath, prediction_type: str, grids: Mapping[int, tor
         if (grid <= 0).any() or (grid > 1).any():
             raise SchedulerExportError(f"the {n}-step sigmas {grid.tolist()} must lie in (0, 1]")
         if boundary is not None:
-            tau = path.model_timestep(grid) * scaling
-            c_skip = sigma_data ** 2 / (tau ** 2 + sigma_data ** 2)
-            c_out = tau / (tau ** 2 + sigma_data ** 2).sqrt()
+            c_skip, c_out = lcm_boundary_scalings(path, grid, t_b, sigma_data, scaling)
             worst = max(worst, float(c_skip.max()), float((1 - c_out).abs().max()))
         steps[n] = {"sigmas": grid.tolist()}
     if worst > MAX_BOUNDARY_ERROR:

@@ -12,17 +12,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import renoise_step, sampling_times, solver_step
+from ..diffusion import lcm_boundary_scalings, renoise_step, sampling_times, solver_step
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, initial_state, time_like
 
 
 class BoundaryCondition:
-    """LCM's skip scalings (diffusers LCMScheduler.get_scalings_for_boundary_condition_discrete).
-
-    c_skip = sd^2 / ((k tau)^2 + sd^2), c_out = k tau / sqrt((k tau)^2 + sd^2), with tau the model
-    timestep measured from the boundary time; c_skip = 1, c_out = 0 exactly at the boundary.
-    """
+    """The LCM boundary condition f = c_skip x_t + c_out x0 (scalings: diffusion.lcm_boundary_scalings)."""
 
     def __init__(self, denoiser: Denoiser, boundary_time: float, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
         self.path = denoiser.path
@@ -31,11 +27,7 @@ class BoundaryCondition:
         self.timestep_scaling = timestep_scaling
 
     def scalings(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        t_b = torch.as_tensor(self.boundary_time, dtype=t.dtype, device=t.device)
-        tau = (self.path.model_timestep(t) - self.path.model_timestep(t_b)) * self.timestep_scaling
-        c_skip = self.sigma_data ** 2 / (tau ** 2 + self.sigma_data ** 2)
-        c_out = tau / (tau ** 2 + self.sigma_data ** 2).sqrt()
-        return c_skip, c_out
+        return lcm_boundary_scalings(self.path, t, self.boundary_time, self.sigma_data, self.timestep_scaling)
 
     def __call__(self, net: Denoiser, x_t: Tensor, t: Tensor, cond: Cond | None) -> Tensor:
         c_skip, c_out = self.scalings(t)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import StrictModel
-from ..diffusion import FlowPath, ddim_step, sampling_times, solver_step
+from ..diffusion import ddim_step, sampling_times, solver_step
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, consistency_sample
 from .consistency import consistency_distance, teacher_guidance
@@ -125,22 +125,12 @@ class MultistepConsistencyDistillation(Objective):
         return self.grid[pick.to(self.grid.device)]
 
     def export_scheduler(self, steps: list[int]):
-        """gamma = 0 (edge-to-edge DDIM jumps) or 1 (full re-noise) on the sampling edges, dropping the clean end:
-        FlowMatchEulerDiscreteScheduler (plain / stochastic) for flow students, LCMScheduler for VP at gamma = 1.
-        TCD's 0 < gamma < 1 has no exact diffusers counterpart (TCDScheduler floors s to an integer timestep and
-        ends at t = 0 instead of x0)."""
-        from ..export.schedulers import SchedulerExportError, default_export_scheduler
+        """The sampling edges without the clean end, at this sampler's gamma: FlowMatchEulerDiscreteScheduler (flow,
+        gamma 0 or 1), LCMScheduler (VP, gamma 1), else fewstep's FewStepConsistencyScheduler (TCD's 0 < gamma < 1,
+        VP edge-to-edge DDIM jumps)."""
+        from ..export.schedulers import default_export_scheduler
 
-        if self.gamma not in (0.0, 1.0):
-            raise SchedulerExportError(f"an mcm student sampled with gamma = {self.gamma} has no exact diffusers "
-                                       "scheduler; export with objective.gamma=0 or 1")
-        if self.gamma == 0.0 and not isinstance(self.student.path, FlowPath):
-            raise SchedulerExportError(
-                "a VP mcm student at gamma = 0 (deterministic DDIM jumps) has no exact diffusers scheduler: "
-                "DDIMScheduler takes no custom timesteps and TCDScheduler ends at t = 0 instead of x0. Sample it with "
-                "`fewstep sample --run RUN_DIR`, or export a run trained / sampled with objective.gamma=1")
-        return default_export_scheduler(self, steps, grid_fn=lambda n: self.sampling_times(n)[:n],
-                                        stochastic=self.gamma == 1.0)
+        return default_export_scheduler(self, steps, grid_fn=lambda n: self.sampling_times(n)[:n], gamma=self.gamma)
 
     @torch.no_grad()
     def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:

@@ -308,16 +308,17 @@ class ContinuousConsistencyDistillation(Objective):
         return [top, *mids] if num_steps > 1 else [top]
 
     def sampling_grid(self, num_steps: int) -> Tensor:
-        """The sampler's TrigFlow times as the student's native times (equal SNR), for export: with gamma = 1 the
-        TrigFlow sampler IS the native jump-to-x0-and-re-noise sampler at these times (the state maps by
+        """The sampler's TrigFlow times as the student's native times (equal SNR): with gamma = 1 the TrigFlow
+        sampler IS the native jump-to-x0-and-re-noise sampler at these times (the state maps by
         x_native = k x_trig, and k (cos t x0 + sin t sigma_d z) = alpha x0 + sigma z)."""
-        if self.gamma != 1.0:
-            from ..export import SchedulerExportError
-
-            raise SchedulerExportError(f"an sCM student sampled with gamma = {self.gamma} (TCD's partial re-noise) "
-                                       "has no diffusers scheduler export; export with objective.gamma=1")
         t = torch.tensor(self.sampling_times(num_steps), dtype=torch.float64)
         return self.student.path.t_from_log_snr(self.student_tf.path.log_snr(t))
+
+    def export_scheduler(self, steps: list[int]):
+        """The native sampler at sampling_grid; gamma < 1 is measured on TrigFlow's angle, as `sample` does."""
+        from ..export.schedulers import default_export_scheduler
+
+        return default_export_scheduler(self, steps, gamma=self.gamma, time_axis=self.student_tf.path)
 
     @torch.no_grad()
     def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:

@@ -42,6 +42,8 @@ def matched_noise(monkeypatch, seed: int, shape: tuple[int, ...]):
     from diffusers.schedulers import scheduling_flow_match_euler_discrete as flow_mod
     from diffusers.schedulers import scheduling_lcm as lcm_mod
 
+    import fewstep.schedulers as fewstep_mod
+
     source = torch.Generator().manual_seed(seed)
 
     def draw(requested, generator=None, device=None, dtype=None, layout=None):  # noqa: ARG001
@@ -51,6 +53,7 @@ def matched_noise(monkeypatch, seed: int, shape: tuple[int, ...]):
     with monkeypatch.context() as m:
         m.setattr(lcm_mod, "randn_tensor", draw)
         m.setattr(flow_mod, "randn_tensor", draw)
+        m.setattr(fewstep_mod, "randn_tensor", draw)
         yield
 
 
@@ -169,13 +172,20 @@ def test_full_text_pipeline_fused_round_trip(trained, exported, monkeypatch):
     check_round_trip(open_run(trained("sd15")), load_export(folder), monkeypatch)
 
 
-@pytest.mark.parametrize("recipe,family,extra", [
-    ("sid_sd15_tiny", "sd15", []), ("rcm_sd3_tiny", "sd3", []), ("scm_ladd_flux_tiny", "flux", []),
-    ("mcm_sd3_tiny", "sd3", []), ("mcm_sana_tiny", "sana", ["objective.gamma=1"])])
-def test_generator_and_consistency_students_round_trip(recipe, family, extra, tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe,family,extra,scheduler", [
+    ("sid_sd15_tiny", "sd15", [], "LCMScheduler"), ("rcm_sd3_tiny", "sd3", [], "FlowMatchEulerDiscreteScheduler"),
+    ("scm_ladd_flux_tiny", "flux", [], "FlowMatchEulerDiscreteScheduler"),
+    ("mcm_sd3_tiny", "sd3", [], "FlowMatchEulerDiscreteScheduler"),
+    ("mcm_sana_tiny", "sana", ["objective.gamma=1"], "FlowMatchEulerDiscreteScheduler"),
+    # no stock diffusers scheduler reproduces these: fewstep's own (fewstep.schedulers)
+    ("mcm_sd15_tiny", "sd15", ["objective.gamma=0"], "FewStepConsistencyScheduler"),
+    ("mcm_flux_tiny", "flux", ["objective.gamma=0.3"], "FewStepConsistencyScheduler"),
+    ("rcm_sd15_tiny", "sd15", ["objective.gamma=0.5"], "FewStepConsistencyScheduler")])
+def test_generator_and_consistency_students_round_trip(recipe, family, extra, scheduler, tmp_path, monkeypatch):
     """Few-step generators (SiD here: jump to x0, re-noise) export with the default scheduler; sCM-family students
     (rCM, sCM + LADD) export their TrigFlow sampler as the native re-noising sampler at equal-SNR times; multistep
-    CM students at gamma = 0 (edge-to-edge jumps: plain flow Euler) and gamma = 1 (re-noise)."""
+    CM students at gamma = 0 (edge-to-edge jumps: plain flow Euler) and gamma = 1 (re-noise). VP jumps at gamma = 0,
+    TCD's 0 < gamma < 1 and VP sCM's non-integer timesteps (gamma on TrigFlow's angle) use FewStepConsistencyScheduler."""
     from fewstep import distill
     from fewstep.export import export_run
     from fewstep.models.tiny import tiny_pipeline
@@ -188,4 +198,29 @@ def test_generator_and_consistency_students_round_trip(recipe, family, extra, tm
     folder = export_run(run_dir, "lora", tmp_path / "export")
     loaded = load_export(folder, base=tiny_pipeline(family), check_base=True)
     loaded.pipe.set_progress_bar_config(disable=True)
+    assert type(loaded.pipe.scheduler).__name__ == scheduler == read_info(folder)["scheduler"]["class_name"]
     check_round_trip(open_run(run_dir), loaded, monkeypatch)
+
+
+def test_full_export_with_fewsteps_own_scheduler_loads_with_from_pretrained(tmp_path, monkeypatch):
+    """A full SD 1.5 pipeline whose sampler needs fewstep's scheduler (mcm, TCD gamma 0.5): model_index.json names
+    fewstep.schedulers, which plain diffusers from_pretrained loads once imported; the round trip still holds."""
+    import diffusers
+
+    import fewstep.schedulers
+    from fewstep import distill
+    from fewstep.export import export_run
+    root = Path(__file__).resolve().parents[2]
+
+    run_dir = tmp_path / "run"
+    assert distill.main(["--config", str(root / "configs" / "mcm_sd15_tiny.yaml"), f"run.output_dir={run_dir}",
+                         "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=0",
+                         "run.num_samples=1", "run.sample_steps=[1,2]", "student.lora.rank=4",
+                         "objective.gamma=0.5"]) == 0
+    folder = export_run(run_dir, "full", tmp_path / "export", fuse=True)
+    assert '"fewstep.schedulers"' in (folder / "model_index.json").read_text()
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder))
+    assert isinstance(pipe.scheduler, fewstep.schedulers.FewStepConsistencyScheduler)
+    assert pipe.scheduler.config.gamma == 0.5
+    assert "import fewstep.schedulers" in (folder / "README.md").read_text()
+    check_round_trip(open_run(run_dir), load_export(folder), monkeypatch)
