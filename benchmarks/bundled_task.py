@@ -7,6 +7,9 @@ budget and measure FD (bundled classifier features, vs the held-out test split) 
                                                             #   teacher (32 steps) and each method's best setting
     python benchmarks/bundled_task.py --methods sid --merge # add / replace one method's rows in the existing
                                                             #   results (same num-eval; teacher rows kept)
+    python benchmarks/bundled_task.py --inception 2048 --from-runs --methods sid,dmd2
+                                                            # no training: Inception FID of the students saved
+                                                            #   under --out by earlier runs, merged into the results
 
 Writes benchmarks/results/bundled_task.json, bundled_task.md and bundled_task.png.
 """
@@ -69,13 +72,18 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bundled_task")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other methods' rows and the teacher's from benchmarks/results/bundled_task.json")
+    parser.add_argument("--from-runs", action="store_true",
+                        help="with --inception: load the methods' final students from --out instead of training")
     args = parser.parse_args()
+    if args.from_runs:
+        if not args.inception:
+            parser.error("--from-runs only adds Inception FID: give --inception N")
+        return inception_from_runs(args)
     previous = json.loads((RESULTS / "bundled_task.json").read_text()) if args.merge else None
     if previous is not None and previous["num_eval"] != args.num_eval:
         parser.error(f"--merge: the existing results use --num-eval {previous['num_eval']}; rerun with it")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    from fewstep.data.animal_mnist import load_animal_mnist, to_model_range
     from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate
     from fewstep.sampling import sample_ode
 
@@ -114,18 +122,68 @@ def main() -> None:
     if previous is not None and "inception_fid_vs_train" in previous and not args.inception:
         payload["inception_fid_vs_train"] = previous["inception_fid_vs_train"]
     if args.inception:
-        train_images, _ = load_animal_mnist("train")
-        reference = to_model_range(train_images[:args.inception])
-        fids = {"teacher_32step": inception_fid(
-            generate(lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler", grid="uniform"),
-                     args.inception), reference)}
-        for method, (setup, steps) in best.items():
-            gen = torch.Generator().manual_seed(7)
-            fids[f"{method}_{steps}step"] = inception_fid(
-                generate(lambda z, c: setup.objective.sample(z, steps, c, gen), args.inception), reference)
+        fids = inception_fids(teacher, guidance, {m: (setup.objective, steps) for m, (setup, steps) in best.items()},
+                              args.inception)
         payload["inception_fid_vs_train"] = {"num_samples": args.inception, "values": fids}
     write_result("bundled_task", payload)
     write_table_and_plot(payload)
+
+
+def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, float]:
+    """Inception FID vs `num` train images: the teacher at 32 Euler steps, each method at its best step count."""
+    from fewstep.data.animal_mnist import load_animal_mnist, to_model_range
+    from fewstep.evaluation.animal_mnist import generate
+    from fewstep.sampling import sample_ode
+
+    train_images, _ = load_animal_mnist("train")
+    reference = to_model_range(train_images[:num])
+    fids = {"teacher_32step": inception_fid(
+        generate(lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler", grid="uniform"), num), reference)}
+    print(fids, flush=True)
+    for method, (objective, steps) in best.items():
+        gen = torch.Generator().manual_seed(7)
+        fids[f"{method}_{steps}step"] = inception_fid(generate(lambda z, c: objective.sample(z, steps, c, gen), num),
+                                                      reference)
+        print(method, fids[f"{method}_{steps}step"], flush=True)
+    return fids
+
+
+def inception_from_runs(args: argparse.Namespace) -> None:
+    """Inception FID of students saved by earlier runs of this script (their final checkpoints under --out),
+    each at the step count with its best FD in benchmarks/results/bundled_task.json; merged into that file."""
+    from fewstep.runs import load_run
+
+    payload = json.loads((RESULTS / "bundled_task.json").read_text())
+    payload.pop("environment", None)
+    methods = [m for m in args.methods.split(",") if m]
+    missing = [m for m in methods if not (Path(args.out) / m / "config.yaml").is_file()]
+    if missing:
+        raise SystemExit(f"no saved run for {missing} under {args.out}: run `python benchmarks/bundled_task.py "
+                         f"--methods {','.join(missing)} --merge` first")
+    best, teacher, guidance = {}, None, None
+    for method in methods:
+        rows = [r for r in payload["rows"] if r["model"] == method]
+        if not rows:
+            raise SystemExit(f"{method} has no FD rows in bundled_task.json to pick its best step count from")
+        setup = load_run(Path(args.out) / method)
+        config = yaml_config(Path(args.out) / method)
+        teacher, guidance = setup.teacher, config["objective"].get("guidance_scale", 1.0)
+        best[method] = (setup.objective, min(rows, key=lambda r: r["fd"])["steps"])
+    old = payload.get("inception_fid_vs_train", {})
+    if old and old.get("num_samples") != args.inception:
+        raise SystemExit(f"the existing Inception FIDs use {old['num_samples']} samples; rerun with --inception "
+                         f"{old['num_samples']}")
+    values = {k: v for k, v in old.get("values", {}).items() if k.rsplit("_", 1)[0] not in methods}
+    values.update(inception_fids(teacher, guidance, best, args.inception))
+    payload["inception_fid_vs_train"] = {"num_samples": args.inception, "values": values}
+    write_result("bundled_task", payload)
+    write_table_and_plot(payload)
+
+
+def yaml_config(run_dir: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
 def write_table_and_plot(payload: dict) -> None:
@@ -144,6 +202,11 @@ def write_table_and_plot(payload: dict) -> None:
     ref = payload["reference"]
     lines.append(f"\nFloor (real train vs test): {ref['train_vs_test']:.2f}; noise vs test: {ref['noise_vs_test']:.1f}; "
                  f"{payload['num_eval']} samples per cell.")
+    inception = payload.get("inception_fid_vs_train")
+    if inception:
+        lines += ["", f"Inception FID vs {inception['num_samples']} train images ({inception['num_samples']} samples "
+                  "each; grey as RGB, clean-fid resize):", "", "| model (steps) | FID |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in inception["values"].items()]
     (RESULTS / "bundled_task.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for m in models:

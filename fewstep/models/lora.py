@@ -13,7 +13,7 @@ DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 def add_lora(denoiser: Denoiser, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0,
              target_modules: list[str] | None = None, adapter_name: str = "default") -> list[nn.Parameter]:
-    """Freeze the network and add trainable LoRA adapters; returns the trainable parameters."""
+    """Freeze the network and add trainable fp32 LoRA adapters; returns the trainable parameters."""
     from peft import LoraConfig, inject_adapter_in_model
 
     model = getattr(denoiser, "model", None)
@@ -30,6 +30,7 @@ def add_lora(denoiser: Denoiser, rank: int = 8, alpha: float = 8.0, dropout: flo
     trainable = [p for n, p in model.named_parameters() if "lora_" in n]
     if not trainable:
         raise ValueError(f"no module of {type(model).__name__} matched LoRA target_modules {config.target_modules}")
-    for p in trainable:
+    for p in trainable:  # adapters train in fp32 on a bf16 / fp16 network (peft creates them in its dtype)
+        p.data = p.data.float()
         p.requires_grad_(True)
     return trainable

@@ -112,10 +112,7 @@ class FakeScore(Denoiser):
         add_lora(teacher, rank=rank, alpha=float(alpha if alpha is not None else rank),
                  target_modules=target_modules, adapter_name=FAKE_ADAPTER)
         set_adapters_disabled(teacher.model)
-        fake = cls(teacher, adapter=FAKE_ADAPTER)
-        for p in fake.adapter_parameters:  # train the adapter in fp32 on a bf16 / fp16 teacher
-            p.data = p.data.float()
-        return fake
+        return cls(teacher, adapter=FAKE_ADAPTER)
 
     def add_discriminator(self, tap: str | None = None, channels: int | None = None) -> "FakeScore":
         """Attach a GAN classifier head on the output of feature tap `tap` (default: the bottleneck)."""

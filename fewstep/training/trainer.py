@@ -126,6 +126,7 @@ class Trainer:
         pending: dict[str, list[float]] = {}
         started = time.perf_counter()
         while self.step < self.run.max_steps:
+            step_started = time.perf_counter()
             generator = step_generator(self.run.seed, acc.process_index, self.step, acc.device)
             logs: dict[str, torch.Tensor] = {}
             for phase in self.objective.phases():
@@ -136,6 +137,9 @@ class Trainer:
                 ema.step([p for p in self.networks[name].parameters() if p.requires_grad])
             row = {k: float(v) for k, v in logs.items()}
             row.update({f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()})
+            row["time/step_seconds"] = time.perf_counter() - step_started  # float(v) above waited for the device
+            if acc.device.type == "cuda":
+                row["memory/peak_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2 ** 30
             self._record(row)
             for k, v in row.items():
                 pending.setdefault(k, []).append(v)

@@ -39,7 +39,9 @@ def test_resume_is_bit_exact(tmp_path):
     assert "resumed from" in proc.stdout + proc.stderr
     a, b = losses(straight), losses(split)
     assert [r["step"] for r in b] == list(range(1, 9))
-    assert a == b  # every logged value of every step, exactly
+    assert all(r["time/step_seconds"] > 0 for r in a + b)
+    untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    assert untimed(a) == untimed(b)  # every logged value of every step but wall-clock time, exactly
     for name in ("model.safetensors", "objective_state.safetensors", "ema_student.safetensors", "optimizer.bin"):
         pa, pb = latest(straight) / name, latest(split) / name
         if name.endswith(".safetensors"):
