@@ -50,17 +50,14 @@ def distil(method: str, train_steps: int | None, out_root: Path):
     return setup, config, time.perf_counter() - start
 
 
-def inception_fid(images: torch.Tensor, reference: torch.Tensor) -> float:
+def inception_stats(images: torch.Tensor):
+    """Inception pool features' mean / covariance of images in [-1, 1] (grey silhouettes as RGB, clean resize)."""
     from fewstep.evaluation.features import load_fid_inception
-    from fewstep.evaluation.frechet import frechet_distance
     from fewstep.evaluation.pipeline import FeaturePipeline
     from fewstep.evaluation.stats import compute_stats
 
     pipeline = FeaturePipeline(load_fid_inception(), pixel_range="minus_one_one", resize_mode="clean")
-    rgb = lambda x: x.clamp(-1, 1).expand(-1, 3, -1, -1)  # noqa: E731  (grey silhouettes as RGB)
-    gen = compute_stats(rgb(images), pipeline, allow_small=True, progress=False)
-    ref = compute_stats(rgb(reference), pipeline, allow_small=True, progress=False)
-    return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+    return compute_stats(images.clamp(-1, 1).expand(-1, 3, -1, -1), pipeline, allow_small=True, progress=False)
 
 
 def main() -> None:
@@ -135,15 +132,21 @@ def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, 
     from fewstep.evaluation.animal_mnist import generate
     from fewstep.sampling import sample_ode
 
+    from fewstep.evaluation.frechet import frechet_distance
+
     train_images, _ = load_animal_mnist("train")
-    reference = to_model_range(train_images[:num])
-    fids = {"teacher_32step": inception_fid(
-        generate(lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler", grid="uniform"), num), reference)}
+    ref = inception_stats(to_model_range(train_images[:num]))
+
+    def fid(images: torch.Tensor) -> float:
+        gen = inception_stats(images)
+        return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+
+    fids = {"teacher_32step": fid(generate(
+        lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler", grid="uniform"), num))}
     print(fids, flush=True)
     for method, (objective, steps) in best.items():
         gen = torch.Generator().manual_seed(7)
-        fids[f"{method}_{steps}step"] = inception_fid(generate(lambda z, c: objective.sample(z, steps, c, gen), num),
-                                                      reference)
+        fids[f"{method}_{steps}step"] = fid(generate(lambda z, c: objective.sample(z, steps, c, gen), num))
         print(method, fids[f"{method}_{steps}step"], flush=True)
     return fids
 

@@ -186,8 +186,11 @@ def consistency_scheduler(path: Any, prediction_type: str, grids: Mapping[int, t
         time_axis=_plain(time_axis.config()) if time_axis is not None else None,
         boundary_time=t_b if boundary is not None else None, sigma_data=sigma_data, timestep_scaling=scaling,
         num_train_timesteps=path.num_train_timesteps)
-    notes = (f"fewstep's own scheduler (import fewstep.schedulers before DiffusionPipeline.from_pretrained): {reason}"
-             if reason else "fewstep's own scheduler (import fewstep.schedulers before DiffusionPipeline.from_pretrained)")
+    notes = "fewstep's own scheduler (import fewstep.schedulers before DiffusionPipeline.from_pretrained)"
+    notes += f": {reason}" if reason else ""
+    if isinstance(path, VPPath) and 0 < gamma < 1:  # for UIs that only offer stock schedulers
+        notes += (f". Closest stock scheduler: TCDScheduler with eta={gamma} (it floors the intermediate timestep and "
+                  "returns a slightly noised sample at t = 0 instead of x0)")
     return FewStepScheduler("FewStepConsistencyScheduler", _plain(scheduler.config),
                             {n: {key: grid.tolist()} for n, grid in grids.items()}, library="fewstep.schedulers",
                             notes=notes, **common)
