@@ -147,6 +147,12 @@ class AdversarialDistillation(FewStepGenerator):
         logs.update(self.adversarial.monitor.check_diversity(logs["diversity"]))
         return loss, logs
 
+    def extra_state(self) -> dict[str, Tensor]:
+        return {f"monitor.{k}": v for k, v in self.adversarial.monitor.state().items()}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.adversarial.monitor.load_state({k.removeprefix("monitor."): v for k, v in state.items()})
+
     @torch.no_grad()
     def diagnostics(self, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
         return {"generator": self.sample(self.noise_like(batch.x0, generator), self.num_steps, batch.cond, generator),

@@ -157,6 +157,17 @@ class CollapseMonitor:
                               "adversarial weight or the generator lr, or raise the distillation weight")
         return {}
 
+    def state(self) -> dict[str, Tensor]:
+        """What a resumed run needs to judge collapse against the same initial diversity (NaN: not measured yet)."""
+        initial = math.nan if self.initial_diversity is None else self.initial_diversity
+        return {"initial_diversity": torch.tensor(initial, dtype=torch.float64),
+                "dominated_updates": torch.tensor(self.dominated_updates)}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        initial = float(state["initial_diversity"])
+        self.initial_diversity = None if math.isnan(initial) else initial
+        self.dominated_updates = int(state["dominated_updates"])
+
     def check_accuracy(self, accuracy: Tensor) -> dict[str, Tensor]:
         self.dominated_updates = self.dominated_updates + 1 if float(accuracy) >= self.max_accuracy else 0
         if self.patience > 0 and self.dominated_updates >= self.patience:

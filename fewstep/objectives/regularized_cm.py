@@ -59,6 +59,14 @@ class RegularizedConsistency(ContinuousConsistencyDistillation):
         else:
             self.regularizer.after_update(phase)
 
+    def extra_state(self) -> dict[str, Tensor]:
+        return {**super().extra_state(), **{f"regularizer.{k}": v for k, v in self.regularizer.extra_state().items()}}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        super().load_extra_state({k: v for k, v in state.items() if not k.startswith("regularizer.")})
+        self.regularizer.load_extra_state({k.removeprefix("regularizer."): v for k, v in state.items()
+                                           if k.startswith("regularizer.")})
+
 
 class DMDRegularizerConfig(StrictModel):
     """rCM's score-distillation term: DMD on the student's samples (1 step from t_max unless student_times)."""

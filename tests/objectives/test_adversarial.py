@@ -121,3 +121,20 @@ def test_stability_guard_reports_and_stops(tmp_path):
     setup = build_setup(config)
     with pytest.raises(NonFiniteError, match="gan/discriminator_wins"), pytest.warns(RuntimeWarning):
         Trainer(setup.objective, setup.data, config.run, config.optimizers).fit()
+
+
+def test_stability_guard_state_survives_resume(tmp_path):
+    """The guard judges collapse against the diversity measured at the run's start: a resumed run keeps that
+    value (and the discriminator-win streak) instead of re-measuring it on its first step after the resume."""
+    over = [*QUIET, "run.max_steps=4", "run.checkpoint_every=2"]
+    config = load_config(ROOT / "configs" / "add_toy.yaml", [f"run.output_dir={tmp_path}", *over])
+    setup = build_setup(config)
+    Trainer(setup.objective, setup.data, config.run, config.optimizers).fit()
+    monitor = setup.objective.adversarial.monitor
+    assert monitor.initial_diversity is not None and monitor.initial_diversity > 0
+    config = load_config(ROOT / "configs" / "add_toy.yaml", [f"run.output_dir={tmp_path}", *over, "run.max_steps=6"])
+    resumed = build_setup(config)
+    trainer = Trainer(resumed.objective, resumed.data, config.run, config.optimizers)
+    trainer.load("latest")
+    assert resumed.objective.adversarial.monitor.initial_diversity == monitor.initial_diversity
+    assert resumed.objective.adversarial.monitor.dominated_updates == monitor.dominated_updates

@@ -51,3 +51,17 @@ def test_collapse_monitor_flags_a_dominant_discriminator_and_can_stop():
     with pytest.warns(RuntimeWarning, match="discriminator separated"):
         flagged = monitor.check_accuracy(torch.tensor(0.995))
     assert math.isinf(float(flagged["gan/discriminator_wins"]))
+
+
+def test_collapse_monitor_state_round_trip():
+    fresh = gan.CollapseMonitor()
+    assert math.isnan(float(fresh.state()["initial_diversity"]))
+    monitor = gan.CollapseMonitor(patience=10)
+    monitor.check_diversity(torch.tensor(2.5))
+    for _ in range(3):
+        monitor.check_accuracy(torch.tensor(1.0))
+    restored = gan.CollapseMonitor(patience=10)
+    restored.load_state(monitor.state())
+    assert restored.initial_diversity == 2.5 and restored.dominated_updates == 3
+    restored.load_state(fresh.state())
+    assert restored.initial_diversity is None
