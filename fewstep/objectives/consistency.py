@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..config import StrictModel
 from ..diffusion import lcm_boundary_scalings, renoise_step, sampling_times, solver_step
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, initial_state, time_like
@@ -45,6 +46,38 @@ def consistency_distance(pred: Tensor, target: Tensor, kind: str, huber_c: float
         c = huber_c * sq.shape[1] ** 0.5  # iCT's c = 0.00054 sqrt(d)
         return (sq.sum(1) + c * c).sqrt() - c
     raise ValueError(f"unknown consistency loss {kind!r}; expected 'l2' or 'pseudo_huber'")
+
+
+class ConsistencyTeacherConfig(StrictModel):
+    """What every discrete-time CD variant (cd, mcm) sets about its teacher step, target and distance."""
+
+    num_timesteps: int = 50
+    solver: Literal["ddim", "euler", "heun"] = "ddim"
+    target_ema_decay: float = 0.95
+    loss: Literal["l2", "pseudo_huber"] = "l2"
+    huber_c: float = 0.00054
+    guidance_scale: float = 1.0
+    guidance_range: tuple[float, float] | None = None
+    schedule: dict[str, float | str | int | bool] = {}
+
+
+def teacher_step_pair(teacher: Denoiser, x0: Tensor, cond: Cond | None, t: Tensor, t_next: Tensor, solver: str,
+                      guidance_scale: float, guidance_range: tuple[float, float] | None,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(x_t ~ q(x_t | x0), the teacher's one solver step from it to t_next with CFG): every CD variant's pair."""
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    x_t = teacher.path.add_noise(x0, eps, t)
+    with torch.no_grad():
+        w = teacher_guidance(guidance_scale, guidance_range, len(x0), generator, x0.device)
+        x_next = solver_step(solver, x_t, t, t_next, teacher.denoise_fn(cond, w), teacher.path)
+    return x_t, x_next
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
+    """target <- decay * target + (1 - decay) * source, parameter by parameter."""
+    for p_target, p_source in zip(target.parameters(), source.parameters()):
+        p_target.lerp_(p_source.detach(), 1 - decay)
 
 
 def teacher_guidance(scale: float, scale_range: tuple[float, float] | None, batch: int, generator: torch.Generator,
@@ -84,22 +117,16 @@ class ConsistencyDistillation(Objective):
         x0, cond, n = batch.x0, batch.cond, len(batch)
         index = torch.randint(0, len(self.grid) - 1, (n,), generator=generator, device=x0.device)
         t, t_prev = self.grid[index], self.grid[index + 1]
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        x_t = self.teacher.path.add_noise(x0, eps, t)
+        x_t, x_prev = teacher_step_pair(self.teacher, x0, cond, t, t_prev, self.solver, self.guidance_scale,
+                                        self.guidance_range, generator)
         with torch.no_grad():
-            w = teacher_guidance(self.guidance_scale, self.guidance_range, n, generator, x0.device)
-            denoise = self.teacher.denoise_fn(cond, w)
-            x_prev = solver_step(self.solver, x_t, t, t_prev, denoise, self.teacher.path)
             target = self.boundary(self.target, x_prev, t_prev, cond)
         pred = self.boundary(self.student, x_t, t, cond)
         loss = consistency_distance(pred.float(), target.float(), self.loss_kind, self.huber_c).mean()
         return loss, {"cd_loss": loss.detach()}
 
-    @torch.no_grad()
     def after_update(self, phase: str) -> None:
-        decay = self.target_ema_decay
-        for p_target, p_student in zip(self.target.parameters(), self.student.parameters()):
-            p_target.lerp_(p_student.detach(), 1 - decay)
+        ema_update(self.target, self.student, self.target_ema_decay)
 
     def extra_state(self) -> dict[str, Tensor]:
         return {f"target.{k}": v for k, v in self.target.state_dict().items()}

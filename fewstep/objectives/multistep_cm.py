@@ -20,11 +20,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..config import StrictModel
-from ..diffusion import ddim_step, sampling_times, solver_step
+from ..diffusion import ddim_step, sampling_times
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, consistency_sample
-from .consistency import consistency_distance, teacher_guidance
+from .consistency import ConsistencyTeacherConfig, consistency_distance, ema_update, teacher_step_pair
 
 
 def phased_consistency(net: Denoiser, x_t: Tensor, t: Tensor, edge: Tensor, cond: Cond | None) -> Tensor:
@@ -91,12 +90,9 @@ class MultistepConsistencyDistillation(Objective):
         x0, cond, n = batch.x0, batch.cond, len(batch)
         index = torch.randint(0, self.num_timesteps, (n,), generator=generator, device=x0.device)
         t, t_next, edge = self.grid[index], self.grid[index + 1], self.grid[self.lower_edge_index(index)]
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        x_t = self.teacher.path.add_noise(x0, eps, t)
+        x_t, x_next = teacher_step_pair(self.teacher, x0, cond, t, t_next, self.solver, self.guidance_scale,
+                                        self.guidance_range, generator)
         with torch.no_grad():
-            w = teacher_guidance(self.guidance_scale, self.guidance_range, n, generator, x0.device)
-            denoise = self.teacher.denoise_fn(cond, w)
-            x_next = solver_step(self.solver, x_t, t, t_next, denoise, self.teacher.path)
             target = phased_consistency(self.target, x_next, t_next, edge, cond)
         pred = phased_consistency(self.student, x_t, t, edge, cond)
         loss = consistency_distance(pred.float(), target.float(), self.loss_kind, self.huber_c).mean()
@@ -104,8 +100,7 @@ class MultistepConsistencyDistillation(Objective):
 
     @torch.no_grad()
     def after_update(self, phase: str) -> None:
-        for p_target, p_student in zip(self.target.parameters(), self.student.parameters()):
-            p_target.lerp_(p_student.detach(), 1 - self.target_ema_decay)
+        ema_update(self.target, self.student, self.target_ema_decay)
         self.updates += 1
 
     def extra_state(self) -> dict[str, Tensor]:
@@ -141,21 +136,13 @@ class MultistepConsistencyDistillation(Objective):
                                   self.student.path)
 
 
-class MCMConfig(StrictModel):
+class MCMConfig(ConsistencyTeacherConfig):
     """Multistep / phased consistency distillation (fewstep.objectives.multistep_cm)."""
 
     name: Literal["mcm"] = "mcm"
-    num_timesteps: int = 50
     segments: int | list[int] = 4  # a list shrinks in stages at stage_steps (Hyper-SD TSCD: [8, 4, 2, 1])
     stage_steps: list[int] = []
-    solver: Literal["ddim", "euler", "heun"] = "ddim"
-    target_ema_decay: float = 0.95
-    loss: Literal["l2", "pseudo_huber"] = "l2"
-    huber_c: float = 0.00054
-    guidance_scale: float = 1.0
-    guidance_range: tuple[float, float] | None = None
     gamma: float = 0.0  # sampler: 0 deterministic edge-to-edge jumps, > 0 TCD's stochastic step
-    schedule: dict[str, float | str | int | bool] = {}
 
 
 def _build_mcm(cfg: MCMConfig, student: Denoiser, teacher: Denoiser) -> Objective:

@@ -6,10 +6,10 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel
 
-from ..config import OBJECTIVE_CONFIGS, StrictModel
+from ..config import OBJECTIVE_CONFIGS
 from ..models.base import Denoiser
 from .base import Objective
-from .consistency import ConsistencyDistillation
+from .consistency import ConsistencyDistillation, ConsistencyTeacherConfig
 
 Builder = Callable[[BaseModel, Denoiser, Denoiser], Objective]
 BUILDERS: dict[str, Builder] = {}
@@ -20,20 +20,12 @@ def register(name: str, config: type[BaseModel], builder: Builder) -> None:
     BUILDERS[name] = builder
 
 
-class CDConfig(StrictModel):
+class CDConfig(ConsistencyTeacherConfig):
     """Consistency distillation / LCM (fewstep.objectives.consistency)."""
 
     name: Literal["cd"] = "cd"
-    num_timesteps: int = 50
-    solver: Literal["ddim", "euler", "heun"] = "ddim"
-    target_ema_decay: float = 0.95
-    loss: Literal["l2", "pseudo_huber"] = "l2"
-    huber_c: float = 0.00054
-    guidance_scale: float = 1.0
-    guidance_range: tuple[float, float] | None = None
     sigma_data: float = 0.5
     timestep_scaling: float = 10.0
-    schedule: dict[str, float | str | int | bool] = {}
 
 
 def _build_cd(cfg: CDConfig, student: Denoiser, teacher: Denoiser) -> Objective:
