@@ -7,9 +7,10 @@ budget and measure FD (bundled classifier features, vs the held-out test split) 
                                                             #   teacher (32 steps) and each method's best setting
     python benchmarks/bundled_task.py --methods sid --merge # add / replace one method's rows in the existing
                                                             #   results (same num-eval; teacher rows kept)
-    python benchmarks/bundled_task.py --inception 2048 --from-runs --methods sid,dmd2
-                                                            # no training: Inception FID of the students saved
-                                                            #   under --out by earlier runs, merged into the results
+    python benchmarks/bundled_task.py --from-runs --methods sid,dmd2 --inception 2048
+                                                            # no training: re-evaluate the students saved under
+                                                            #   --out by earlier runs (FD rows, + Inception FID),
+                                                            #   merged into the results like --merge
 
 Writes benchmarks/results/bundled_task.json, bundled_task.md and bundled_task.png.
 """
@@ -50,6 +51,23 @@ def distil(method: str, train_steps: int | None, out_root: Path):
     return setup, config, time.perf_counter() - start
 
 
+def reload(method: str, out_root: Path):
+    """A student saved by an earlier run of this script: (setup, config, training seconds or None)."""
+    from fewstep.config import build_config
+    from fewstep.runs import load_run
+
+    run_dir = out_root / method
+    if not (run_dir / "config.yaml").is_file():
+        raise SystemExit(f"no saved run for {method} under {out_root}: run `python benchmarks/bundled_task.py "
+                         f"--methods {method} --merge` first")
+    import yaml
+
+    config = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    seconds = sum(r["time/step_seconds"] for r in rows) if all("time/step_seconds" in r for r in rows) else None
+    return load_run(run_dir), config, seconds
+
+
 def inception_stats(images: torch.Tensor):
     """Inception pool features' mean / covariance of images in [-1, 1] (grey silhouettes as RGB, clean resize)."""
     from fewstep.evaluation.features import load_fid_inception
@@ -70,13 +88,10 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="keep the other methods' rows and the teacher's from benchmarks/results/bundled_task.json")
     parser.add_argument("--from-runs", action="store_true",
-                        help="with --inception: load the methods' final students from --out instead of training")
+                        help="no training: evaluate the methods' final students saved under --out (implies --merge)")
     args = parser.parse_args()
-    if args.from_runs:
-        if not args.inception:
-            parser.error("--from-runs only adds Inception FID: give --inception N")
-        return inception_from_runs(args)
-    previous = json.loads((RESULTS / "bundled_task.json").read_text()) if args.merge else None
+    merge = args.merge or args.from_runs
+    previous = json.loads((RESULTS / "bundled_task.json").read_text()) if merge else None
     if previous is not None and previous["num_eval"] != args.num_eval:
         parser.error(f"--merge: the existing results use --num-eval {previous['num_eval']}; rerun with it")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -87,7 +102,11 @@ def main() -> None:
     rows, times, best = [], {}, {}
     teacher = guidance = None
     for method in [m for m in args.methods.split(",") if m]:
-        setup, config, seconds = distil(method, args.train_steps, Path(args.out))
+        if args.from_runs:
+            setup, config, seconds = reload(method, Path(args.out))
+            seconds = seconds if seconds is not None else previous["training"].get(method, {}).get("train_seconds")
+        else:
+            setup, config, seconds = distil(method, args.train_steps, Path(args.out))
         times[method] = {"train_seconds": seconds, "train_steps": config.run.max_steps}
         if teacher is None:
             teacher, guidance = setup.teacher, config.objective.guidance_scale
@@ -116,12 +135,17 @@ def main() -> None:
     payload = {"metric": "FD, bundled classifier features, vs test split", "num_eval": args.num_eval,
                "teacher_sampler": "Euler on an even time grid, CFG as in the recipe",
                "rows": rows, "training": times, "reference": floor_and_ceiling(args.num_eval)}
-    if previous is not None and "inception_fid_vs_train" in previous and not args.inception:
-        payload["inception_fid_vs_train"] = previous["inception_fid_vs_train"]
+    old = (previous or {}).get("inception_fid_vs_train", {})
+    if args.inception and old and old["num_samples"] != args.inception:
+        parser.error(f"the existing Inception FIDs use {old['num_samples']} samples; rerun with --inception "
+                     f"{old['num_samples']}")
+    # a re-trained method's old Inception FID no longer describes its student
+    values = {k: v for k, v in old.get("values", {}).items() if k.rsplit("_", 1)[0] not in methods}
     if args.inception:
-        fids = inception_fids(teacher, guidance, {m: (setup.objective, steps) for m, (setup, steps) in best.items()},
-                              args.inception)
-        payload["inception_fid_vs_train"] = {"num_samples": args.inception, "values": fids}
+        values.update(inception_fids(teacher, guidance, {m: (setup.objective, n) for m, (setup, n) in best.items()},
+                                     args.inception))
+    if values:
+        payload["inception_fid_vs_train"] = {"num_samples": args.inception or old["num_samples"], "values": values}
     write_result("bundled_task", payload)
     write_table_and_plot(payload)
 
@@ -149,44 +173,6 @@ def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, 
         fids[f"{method}_{steps}step"] = fid(generate(lambda z, c: objective.sample(z, steps, c, gen), num))
         print(method, fids[f"{method}_{steps}step"], flush=True)
     return fids
-
-
-def inception_from_runs(args: argparse.Namespace) -> None:
-    """Inception FID of students saved by earlier runs of this script (their final checkpoints under --out),
-    each at the step count with its best FD in benchmarks/results/bundled_task.json; merged into that file."""
-    from fewstep.runs import load_run
-
-    payload = json.loads((RESULTS / "bundled_task.json").read_text())
-    payload.pop("environment", None)
-    methods = [m for m in args.methods.split(",") if m]
-    missing = [m for m in methods if not (Path(args.out) / m / "config.yaml").is_file()]
-    if missing:
-        raise SystemExit(f"no saved run for {missing} under {args.out}: run `python benchmarks/bundled_task.py "
-                         f"--methods {','.join(missing)} --merge` first")
-    best, teacher, guidance = {}, None, None
-    for method in methods:
-        rows = [r for r in payload["rows"] if r["model"] == method]
-        if not rows:
-            raise SystemExit(f"{method} has no FD rows in bundled_task.json to pick its best step count from")
-        setup = load_run(Path(args.out) / method)
-        config = yaml_config(Path(args.out) / method)
-        teacher, guidance = setup.teacher, config["objective"].get("guidance_scale", 1.0)
-        best[method] = (setup.objective, min(rows, key=lambda r: r["fd"])["steps"])
-    old = payload.get("inception_fid_vs_train", {})
-    if old and old.get("num_samples") != args.inception:
-        raise SystemExit(f"the existing Inception FIDs use {old['num_samples']} samples; rerun with --inception "
-                         f"{old['num_samples']}")
-    values = {k: v for k, v in old.get("values", {}).items() if k.rsplit("_", 1)[0] not in methods}
-    values.update(inception_fids(teacher, guidance, best, args.inception))
-    payload["inception_fid_vs_train"] = {"num_samples": args.inception, "values": values}
-    write_result("bundled_task", payload)
-    write_table_and_plot(payload)
-
-
-def yaml_config(run_dir: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
 def write_table_and_plot(payload: dict) -> None:
