@@ -44,7 +44,17 @@ def distil(method: str, train_steps: int | None, out_root: Path):
 
     overrides = [f"run.output_dir={out_root / method}", "run.progress_bar=false", "run.trackers=[]",
                  *([f"run.max_steps={train_steps}"] if train_steps else [])]
-    config = load_config(REPO / "configs" / f"{method}_animal_mnist.yaml", overrides)
+    recipe = REPO / "configs" / f"{method}_animal_mnist.yaml"
+    config = load_config(recipe, overrides)
+    pairs = getattr(config.objective, "regression_pairs", None)
+    if pairs:  # DMD's regression loss: teacher ODE pairs, made once with the recipe's documented command
+        pairs = Path(pairs) if Path(pairs).is_absolute() else REPO / pairs
+        if not pairs.is_file():
+            sys.path.insert(0, str(REPO / "scripts"))
+            from make_dmd_pairs import main as make_pairs
+
+            make_pairs(["--config", str(recipe), "--out", str(pairs), "--num", "2000", "--steps", "32"])
+        config = load_config(recipe, [*overrides, f"objective.regression_pairs={pairs}"])
     setup = build_setup(config)
     start = time.perf_counter()
     Trainer(setup.objective, setup.data, config.run, config.optimizers, config.to_dict()).fit()
