@@ -123,7 +123,7 @@ class DistributionMatching(FewStepGenerator):
             loss = loss + self.gan_generator_weight * gan_loss
             logs.update({"gan/g_loss": gan_loss.detach(), **gan.logit_logs("gan/g", None, logits)})
         if hasattr(self, "regression_noise"):
-            reg = self.regression_loss(generator)
+            reg = self.regression_loss(generator, self.regression_batch_size or len(x))
             loss = loss + self.regression_weight * reg
             logs["regression_loss"] = reg.detach()
         logs["diversity"] = pairwise_diversity(x)
@@ -140,10 +140,11 @@ class DistributionMatching(FewStepGenerator):
         loss = surrogate_loss(x, grad)
         return loss, {"dmd_loss": loss.detach(), "dmd/grad_abs": grad.abs().mean()}
 
-    def regression_loss(self, generator: torch.Generator) -> Tensor:
-        """DMD Eq. 9 with an L2 distance (DMD uses LPIPS): G(z) against the teacher's ODE sample from z."""
+    def regression_loss(self, generator: torch.Generator, batch_size: int) -> Tensor:
+        """DMD Eq. 9 with an L2 distance (DMD uses LPIPS): G(z) against the teacher's ODE sample from z, on
+        batch_size random pairs."""
         n = len(self.regression_noise)
-        size = min(self.regression_batch_size or n, n)
+        size = min(batch_size, n)
         idx = torch.randint(0, n, (size,), generator=generator, device=self.regression_noise.device)
         cond = None if self.regression_cond is None else {
             k: (v if k in NON_BATCHED_COND_KEYS else v[idx]).to(self.regression_noise.device)
@@ -249,7 +250,7 @@ class DMDConfig(MatchingConfig):
     backward_simulation: bool = True
     regression_pairs: str | None = None  # safetensors from scripts/make_dmd_pairs.py
     regression_weight: float = 0.25
-    regression_batch_size: int | None = None
+    regression_batch_size: int | None = None  # pairs per generator step; None: the data batch size
 
     @field_validator("student_times")
     @classmethod
