@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -168,8 +169,9 @@ def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, 
 
     from fewstep.evaluation.frechet import frechet_distance
 
-    train_images, _ = load_animal_mnist("train")
-    ref = inception_stats(to_model_range(train_images[:num]))
+    train_images, _ = load_animal_mnist("train")  # stored class by class: a seeded random subset is class-balanced
+    subset = np.random.default_rng(0).permutation(len(train_images))[:num]
+    ref = inception_stats(to_model_range(np.asarray(train_images)[subset]))
 
     def fid(images: torch.Tensor) -> float:
         gen = inception_stats(images)
