@@ -64,6 +64,8 @@ def distil(method: str, train_steps: int | None, out_root: Path):
 
 def reload(method: str, out_root: Path):
     """A student saved by an earlier run of this script: (setup, config, training seconds or None)."""
+    import yaml
+
     from fewstep.config import build_config
     from fewstep.runs import load_run
 
@@ -71,8 +73,6 @@ def reload(method: str, out_root: Path):
     if not (run_dir / "config.yaml").is_file():
         raise SystemExit(f"no saved run for {method} under {out_root}: run `python benchmarks/bundled_task.py "
                          f"--methods {method} --merge` first")
-    import yaml
-
     config = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     seconds = sum(r["time/step_seconds"] for r in rows) if all("time/step_seconds" in r for r in rows) else None
@@ -165,9 +165,8 @@ def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, 
     """Inception FID vs `num` train images: the teacher at 32 Euler steps, each method at its best step count."""
     from fewstep.data.animal_mnist import load_animal_mnist, to_model_range
     from fewstep.evaluation.animal_mnist import generate
-    from fewstep.sampling import sample_ode
-
     from fewstep.evaluation.frechet import frechet_distance
+    from fewstep.sampling import sample_ode
 
     train_images, _ = load_animal_mnist("train")  # stored class by class: a seeded random subset is class-balanced
     order = np.random.default_rng(0).permutation(len(train_images))

@@ -147,7 +147,8 @@ class Trainer:
             if self.step % self.run.log_every == 0 or self.step == self.run.max_steps:
                 means = {k: sum(v) / len(v) for k, v in pending.items()}
                 acc.log(means, step=self.step)
-                bar.set_postfix({k.split("/")[-1] if k.startswith("lr/") else k: f"{v:.4g}" for k, v in means.items()})
+                bar.set_postfix({k.split("/")[-1] if k.startswith("lr/") else k: f"{v:.4g}" for k, v in means.items()
+                                 if not k.startswith(("time/", "memory/"))})  # the bar shows its own rate
                 pending.clear()
             if self.run.sample_every and self.step % self.run.sample_every == 0:
                 self.save_samples()
