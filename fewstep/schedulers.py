@@ -23,7 +23,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .diffusion import FlowPath, expand_like, lcm_boundary_scalings, path_from_config, tcd_step, to_x0_eps
+from .diffusion import FlowPath, apply_lcm_boundary, expand_like, path_from_config, tcd_step, to_x0_eps
 
 
 class FewStepConsistencyScheduler(SchedulerMixin, ConfigMixin):
@@ -96,9 +96,8 @@ class FewStepConsistencyScheduler(SchedulerMixin, ConfigMixin):
         t = self.times[i].to(x.device).expand(len(x))
         x0, eps = to_x0_eps(model_output.float(), self.config.prediction_type, x, t, self.path)
         if self.config.boundary_time is not None:
-            c_skip, c_out = lcm_boundary_scalings(self.path, t, self.config.boundary_time, self.config.sigma_data,
-                                                  self.config.timestep_scaling)
-            x0 = expand_like(c_skip, x).to(x) * x + expand_like(c_out, x).to(x) * x0
+            x0 = apply_lcm_boundary(x, x0, t, self.path, self.config.boundary_time, self.config.sigma_data,
+                                    self.config.timestep_scaling)
             eps = (x - expand_like(self.path.alpha(t), x).to(x) * x0) / expand_like(self.path.sigma(t), x).to(x)
         if i + 1 == len(self.times):
             prev = x0

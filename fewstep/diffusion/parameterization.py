@@ -87,3 +87,10 @@ def lcm_boundary_scalings(path: GaussianPath, t: Tensor, boundary_time: float, s
     c_skip = sigma_data ** 2 / (tau ** 2 + sigma_data ** 2)
     c_out = tau / (tau ** 2 + sigma_data ** 2).sqrt()
     return c_skip, c_out
+
+
+def apply_lcm_boundary(x_t: Tensor, x0: Tensor, t: Tensor, path: GaussianPath, boundary_time: float,
+                       sigma_data: float = 0.5, timestep_scaling: float = 10.0) -> Tensor:
+    """The LCM boundary-conditioned prediction c_skip x_t + c_out x0 (exactly x_t at the boundary time)."""
+    c_skip, c_out = lcm_boundary_scalings(path, t, boundary_time, sigma_data, timestep_scaling)
+    return expand_like(c_skip, x_t).to(x_t) * x_t + expand_like(c_out, x_t).to(x_t) * x0

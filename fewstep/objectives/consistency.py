@@ -13,13 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from ..config import StrictModel
-from ..diffusion import lcm_boundary_scalings, renoise_step, sampling_times, solver_step
+from ..diffusion import apply_lcm_boundary, lcm_boundary_scalings, renoise_step, sampling_times, solver_step
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, initial_state, time_like
 
 
 class BoundaryCondition:
-    """The LCM boundary condition f = c_skip x_t + c_out x0 (scalings: diffusion.lcm_boundary_scalings)."""
+    """The LCM boundary condition f = c_skip x_t + c_out x0 (diffusion.apply_lcm_boundary)."""
 
     def __init__(self, denoiser: Denoiser, boundary_time: float, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
         self.path = denoiser.path
@@ -31,10 +31,8 @@ class BoundaryCondition:
         return lcm_boundary_scalings(self.path, t, self.boundary_time, self.sigma_data, self.timestep_scaling)
 
     def __call__(self, net: Denoiser, x_t: Tensor, t: Tensor, cond: Cond | None) -> Tensor:
-        c_skip, c_out = self.scalings(t)
-        shape = (-1, *([1] * (x_t.ndim - 1)))
         x0 = net.predict(x_t, t, cond, target="sample")
-        return c_skip.to(x_t).reshape(shape) * x_t + c_out.to(x_t).reshape(shape) * x0
+        return apply_lcm_boundary(x_t, x0, t, self.path, self.boundary_time, self.sigma_data, self.timestep_scaling)
 
 
 def consistency_distance(pred: Tensor, target: Tensor, kind: str, huber_c: float) -> Tensor:
