@@ -18,6 +18,8 @@ Writes benchmarks/results/bundled_task.json, bundled_task.md and bundled_task.pn
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import sys
 import time
@@ -55,7 +57,7 @@ def distil(method: str, train_steps: int | None, out_root: Path):
             from make_dmd_pairs import main as make_pairs
 
             make_pairs(["--config", str(recipe), "--out", str(pairs), "--num", "2000", "--steps", "32"])
-        config = load_config(recipe, [*overrides, f"objective.regression_pairs={pairs}"])
+        config.objective.regression_pairs = str(pairs)
     setup = build_setup(config)
     start = time.perf_counter()
     Trainer(setup.objective, setup.data, config.run, config.optimizers, config.to_dict()).fit()
@@ -102,9 +104,13 @@ def main() -> None:
                         help="no training: evaluate the methods' final students saved under --out (implies --merge)")
     args = parser.parse_args()
     merge = args.merge or args.from_runs
-    previous = json.loads((RESULTS / "bundled_task.json").read_text()) if merge else None
+    previous = read_results() if merge else None
     if previous is not None and previous["num_eval"] != args.num_eval:
         parser.error(f"--merge: the existing results use --num-eval {previous['num_eval']}; rerun with it")
+    old_inception = (previous or {}).get("inception_fid_vs_train", {})
+    if args.inception and old_inception and old_inception["num_samples"] != args.inception:
+        parser.error(f"the existing Inception FIDs use {old_inception['num_samples']} samples; rerun with "
+                     f"--inception {old_inception['num_samples']}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate
@@ -133,32 +139,53 @@ def main() -> None:
             print(rows[-1], flush=True)
         best_row = min((r for r in rows if r["model"] == method), key=lambda r: r["fd"])
         best[method] = (setup, best_row["steps"])
-    methods = [m for m in args.methods.split(",") if m]
-    if previous is not None:  # earlier methods' rows first, then the new ones; the teacher's rows are reused
-        kept = [r for r in previous["rows"] if r["model"] not in methods and not r["model"].startswith("teacher")]
-        rows = kept + rows + [r for r in previous["rows"] if r["model"].startswith("teacher")]
-        times = {**{k: v for k, v in previous["training"].items() if k not in methods}, **times}
-    for steps in (() if previous is not None else TEACHER_STEPS):
+    for steps in (() if merge else TEACHER_STEPS):
         # even time grid: diffusers' default flow grid spends a whole step between sigma 0.001 and 0
         x = generate(lambda z, c: sample_ode(teacher, z, steps, c, guidance, solver="euler", grid="uniform"), args.num_eval)
         rows.append({"model": f"teacher (Euler, CFG {guidance})", "steps": steps, "fd": fd_to_test(x)})
         print(rows[-1], flush=True)
+    inception = {}
+    if args.inception:
+        inception = inception_fids(teacher, guidance, {m: (setup.objective, n) for m, (setup, n) in best.items()},
+                                   args.inception)
     payload = {"metric": "FD, bundled classifier features, vs test split", "num_eval": args.num_eval,
                "teacher_sampler": "Euler on an even time grid, CFG as in the recipe",
+               "student_weights": "final training weights (not the EMA)",
                "rows": rows, "training": times, "reference": floor_and_ceiling(args.num_eval)}
-    old = (previous or {}).get("inception_fid_vs_train", {})
-    if args.inception and old and old["num_samples"] != args.inception:
-        parser.error(f"the existing Inception FIDs use {old['num_samples']} samples; rerun with --inception "
-                     f"{old['num_samples']}")
-    # a re-trained method's old Inception FID no longer describes its student
-    values = {k: v for k, v in old.get("values", {}).items() if k.rsplit("_", 1)[0] not in methods}
-    if args.inception:
-        values.update(inception_fids(teacher, guidance, {m: (setup.objective, n) for m, (setup, n) in best.items()},
-                                     args.inception))
-    if values:
-        payload["inception_fid_vs_train"] = {"num_samples": args.inception or old["num_samples"], "values": values}
-    write_result("bundled_task", payload)
+    if inception:
+        payload["inception_fid_vs_train"] = {"num_samples": args.inception, "values": inception}
+    with results_lock():  # merged with what is on disk now, so runs in parallel keep each other's rows
+        if merge:
+            payload = merged(read_results(), payload, [m for m in args.methods.split(",") if m])
+        write_result("bundled_task", payload)
     write_table_and_plot(payload)
+
+
+def read_results() -> dict:
+    return json.loads((RESULTS / "bundled_task.json").read_text())
+
+
+@contextlib.contextmanager
+def results_lock():
+    with open(RESULTS / ".bundled_task.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def merged(previous: dict, payload: dict, methods: list[str]) -> dict:
+    """`payload`'s methods replace theirs in `previous`; the teacher's rows and the other methods' are kept."""
+    rows = [r for r in previous["rows"] if r["model"] not in methods and not r["model"].startswith("teacher")]
+    rows += payload["rows"] + [r for r in previous["rows"] if r["model"].startswith("teacher")]
+    times = {**{k: v for k, v in previous["training"].items() if k not in methods}, **payload["training"]}
+    # a re-trained method's old Inception FID no longer describes its student
+    old = previous.get("inception_fid_vs_train", {})
+    values = {k: v for k, v in old.get("values", {}).items() if k.rsplit("_", 1)[0] not in methods}
+    new = payload.get("inception_fid_vs_train", {})
+    values.update(new.get("values", {}))
+    out = {**payload, "rows": rows, "training": times}
+    if values:
+        out["inception_fid_vs_train"] = {"num_samples": new.get("num_samples") or old["num_samples"], "values": values}
+    return out
 
 
 def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, float]:

@@ -1,0 +1,36 @@
+"""benchmarks/bundled_task.py's merge: a run's methods replace their rows and Inception values, everything else on
+disk (other methods, the teacher, rows another run wrote meanwhile) is kept."""
+
+import runpy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def results(rows, training, inception=None, num=2048):
+    out = {"num_eval": 1000, "rows": [{"model": m, "steps": s, "fd": fd} for m, s, fd in rows], "training": training}
+    if inception is not None:
+        out["inception_fid_vs_train"] = {"num_samples": num, "values": inception}
+    return out
+
+
+def test_merge_replaces_only_the_run_methods():
+    merged = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")["merged"]
+    on_disk = results([("cd", 1, 6.8), ("sid", 1, 4.0), ("teacher (Euler, CFG 1.5)", 32, 0.99)],
+                      {"cd": {"train_steps": 600}, "sid": {"train_steps": 300}},
+                      {"teacher_32step": 76.0, "cd_4step": 90.0, "sid_2step": 100.0})
+    # a parallel run added `add` after this run started: still there after the merge
+    on_disk["rows"].insert(1, {"model": "add", "steps": 1, "fd": 6.1})
+    on_disk["training"]["add"] = {"train_steps": 300}
+    new = results([("cd", 1, 5.5), ("cd", 2, 4.4)], {"cd": {"train_steps": 700}})
+    out = merged(on_disk, new, ["cd"])
+    assert [(r["model"], r["steps"], r["fd"]) for r in out["rows"]] == [
+        ("add", 1, 6.1), ("sid", 1, 4.0), ("cd", 1, 5.5), ("cd", 2, 4.4), ("teacher (Euler, CFG 1.5)", 32, 0.99)]
+    assert out["training"] == {"add": {"train_steps": 300}, "sid": {"train_steps": 300}, "cd": {"train_steps": 700}}
+    # cd was retrained without Inception: its stale value goes, the others stay
+    assert out["inception_fid_vs_train"] == {"num_samples": 2048, "values": {"teacher_32step": 76.0, "sid_2step": 100.0}}
+
+    with_inception = results([("cd", 4, 2.0)], {"cd": {"train_steps": 700}},
+                             {"real_train_images": 3.0, "teacher_32step": 75.0, "cd_4step": 80.0})
+    values = merged(on_disk, with_inception, ["cd"])["inception_fid_vs_train"]["values"]
+    assert values == {"teacher_32step": 75.0, "sid_2step": 100.0, "real_train_images": 3.0, "cd_4step": 80.0}
