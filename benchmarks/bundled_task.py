@@ -236,7 +236,9 @@ def write_table_and_plot(payload: dict) -> None:
     if inception:
         lines += ["", f"Inception FID vs {inception['num_samples']} train images ({inception['num_samples']} samples "
                   "each; grey as RGB, clean-fid resize):", "", "| model (steps) | FID |", "|---|---|"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in inception["values"].items()]
+        values = inception["values"]  # the floor and the teacher first, then the methods in the FD table's order
+        order = ["real_train_images", "teacher_32step", *(k for m in models for k in values if k.rsplit("_", 1)[0] == m)]
+        lines += [f"| {k} | {values[k]:.2f} |" for k in dict.fromkeys([*order, *values]) if k in values]
     (RESULTS / "bundled_task.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for m in models:
