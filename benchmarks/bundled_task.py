@@ -104,6 +104,7 @@ def main() -> None:
                         help="no training: evaluate the methods' final students saved under --out (implies --merge)")
     args = parser.parse_args()
     merge = args.merge or args.from_runs
+    methods = [m for m in args.methods.split(",") if m]
     previous = read_results() if merge else None
     if previous is not None and previous["num_eval"] != args.num_eval:
         parser.error(f"--merge: the existing results use --num-eval {previous['num_eval']}; rerun with it")
@@ -118,7 +119,7 @@ def main() -> None:
 
     rows, times, best = [], {}, {}
     teacher = guidance = None
-    for method in [m for m in args.methods.split(",") if m]:
+    for method in methods:
         if args.from_runs:
             setup, config, seconds = reload(method, Path(args.out))
             seconds = seconds if seconds is not None else previous["training"].get(method, {}).get("train_seconds")
@@ -156,7 +157,7 @@ def main() -> None:
         payload["inception_fid_vs_train"] = {"num_samples": args.inception, "values": inception}
     with results_lock():  # merged with what is on disk now, so runs in parallel keep each other's rows
         if merge:
-            payload = merged(read_results(), payload, [m for m in args.methods.split(",") if m])
+            payload = merged(read_results(), payload, methods)
         write_result("bundled_task", payload)
     write_table_and_plot(payload)
 
@@ -179,13 +180,18 @@ def merged(previous: dict, payload: dict, methods: list[str]) -> dict:
     times = {**{k: v for k, v in previous["training"].items() if k not in methods}, **payload["training"]}
     # a re-trained method's old Inception FID no longer describes its student
     old = previous.get("inception_fid_vs_train", {})
-    values = {k: v for k, v in old.get("values", {}).items() if k.rsplit("_", 1)[0] not in methods}
+    values = {k: v for k, v in old.get("values", {}).items() if inception_subject(k) not in methods}
     new = payload.get("inception_fid_vs_train", {})
     values.update(new.get("values", {}))
     out = {**payload, "rows": rows, "training": times}
     if values:
         out["inception_fid_vs_train"] = {"num_samples": new.get("num_samples") or old["num_samples"], "values": values}
     return out
+
+
+def inception_subject(key: str) -> str:
+    """The model an Inception FID key names: "sid_2step" -> "sid", "teacher_32step" -> "teacher"."""
+    return key.rsplit("_", 1)[0]
 
 
 def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, float]:
@@ -236,9 +242,9 @@ def write_table_and_plot(payload: dict) -> None:
     if inception:
         lines += ["", f"Inception FID vs {inception['num_samples']} train images ({inception['num_samples']} samples "
                   "each; grey as RGB, clean-fid resize):", "", "| model (steps) | FID |", "|---|---|"]
-        values = inception["values"]  # the floor and the teacher first, then the methods in the FD table's order
-        order = ["real_train_images", "teacher_32step", *(k for m in models for k in values if k.rsplit("_", 1)[0] == m)]
-        lines += [f"| {k} | {values[k]:.2f} |" for k in dict.fromkeys([*order, *values]) if k in values]
+        rank = {m: i for i, m in enumerate(["real_train", "teacher", *models])}  # floor, teacher, the FD table's order
+        values = inception["values"]
+        lines += [f"| {k} | {values[k]:.2f} |" for k in sorted(values, key=lambda k: rank.get(inception_subject(k), len(rank)))]
     (RESULTS / "bundled_task.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for m in models:
