@@ -8,7 +8,7 @@ computed in one fused batch. Objectives never special-case the model family.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,25 @@ def cat_conds(first: Mapping[str, Tensor], second: Mapping[str, Tensor]) -> Cond
 NON_BATCHED_COND_KEYS = frozenset({"img_ids", "txt_ids"})
 
 
-class Denoiser(nn.Module):
+class PreparedRouting:
+    """Mixin for trained modules whose helper methods call their own forward: those calls go through the
+    wrapper accelerator.prepare returned (DDP/FSDP), which the trainer records with `attach_prepared`.
+
+    DDP only synchronises gradients of forwards that go through the wrapper, while helpers (Denoiser.guided,
+    FeatureDiscriminator.call, ...) live on the unwrapped module; this routes them.
+    """
+
+    def attach_prepared(self, prepared: nn.Module | None) -> None:
+        """Record the wrapper returned by accelerator.prepare (None or self to detach)."""
+        self.__dict__["_prepared_module"] = None if prepared is self else prepared
+
+    def through_prepared(self, *args: Any) -> Any:
+        """self(*args), through the prepared wrapper when there is one."""
+        prepared = self.__dict__.get("_prepared_module")
+        return (prepared or self)(*args)  # type: ignore[operator]
+
+
+class Denoiser(PreparedRouting, nn.Module):
     """Base class. Subclasses implement `forward(x_t, t, cond)` returning the native prediction."""
 
     def __init__(self, path: GaussianPath, prediction_type: str):
@@ -52,17 +70,8 @@ class Denoiser(nn.Module):
         raise NotImplementedError
 
     def call_network(self, x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
-        """Run forward through the accelerate-prepared wrapper (DDP/FSDP) when there is one.
-
-        DDP only synchronises gradients of forwards that go through the wrapper, while the helper
-        methods below (guided, predict, ...) live on the unwrapped Denoiser; this routes them.
-        """
-        prepared = self.__dict__.get("_prepared_module")
-        return prepared(x_t, t, cond) if prepared is not None else self(x_t, t, cond)
-
-    def attach_prepared(self, prepared: nn.Module | None) -> None:
-        """Record the wrapper returned by accelerator.prepare (None or self to detach)."""
-        self.__dict__["_prepared_module"] = None if prepared is self else prepared
+        """Run forward through the accelerate-prepared wrapper (DDP/FSDP) when there is one (PreparedRouting)."""
+        return self.through_prepared(x_t, t, cond)
 
     @contextlib.contextmanager
     def unwrapped(self) -> Iterator[None]:

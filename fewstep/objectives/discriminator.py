@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..models.base import Cond, Denoiser
+from ..models.base import Cond, Denoiser, PreparedRouting
 from ..diffusion import GaussianPath
 from ..toy import GaussianMixtureDenoiser, RandomFourierFeatures
 from .gan import DiscriminatorHead, feature_channels
@@ -99,7 +99,7 @@ def load_backbone(spec: str) -> nn.Module:
     return backbone.requires_grad_(False).eval()
 
 
-class FeatureDiscriminator(nn.Module):
+class FeatureDiscriminator(PreparedRouting, nn.Module):
     """logit(x, t, c) = mean over taps k of head_k(features_k(x, t, c), embed(t), embed(c)).
 
     backbone: a Denoiser (features of backbone(x_t, t, c) at `taps`) or a plain module x -> {tap: features}
@@ -129,13 +129,9 @@ class FeatureDiscriminator(nn.Module):
             for name in self.taps})
         self.cond_embedding = cond_embedding
 
-    def attach_prepared(self, prepared: nn.Module | None) -> None:
-        self.__dict__["_prepared_module"] = None if prepared is self else prepared
-
     def call(self, x: Tensor, t: Tensor | None, cond: Cond | None, backbone_grad: bool = True) -> Tensor:
         """Through the accelerate-prepared wrapper (discriminator updates: DDP syncs the heads' gradients)."""
-        prepared = self.__dict__.get("_prepared_module")
-        return (prepared or self)(x, t, cond, backbone_grad)
+        return self.through_prepared(x, t, cond, backbone_grad)
 
     def features(self, x: Tensor, t: Tensor | None, cond: Cond | None) -> dict[str, Tensor]:
         backbone = self.backbone
