@@ -8,14 +8,12 @@ EMA and checkpoints (see fewstep/training/trainer.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from typing import Callable, Sequence
-
-from ..diffusion import GaussianPath, tcd_step
+from ..diffusion import GaussianPath, renoise_step, tcd_step
 from ..models.base import NON_BATCHED_COND_KEYS, Cond, Denoiser
 
 
@@ -110,3 +108,18 @@ def consistency_sample(denoise: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]
         fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x = tcd_step(x0, eps, time_like(times[i + 1], len(x), x.device), gamma, fresh, path)
     raise ValueError("consistency_sample needs at least one time")
+
+
+@torch.no_grad()
+def renoise_sample(predict_x0: Callable[[Tensor, Tensor], Tensor], noise: Tensor, times: Tensor,
+                   generator: torch.Generator, path: GaussianPath) -> Tensor:
+    """Multistep sampling by full re-noising, as LCMScheduler steps (LCM Alg. 1; DMD2 §4.4): x0 = predict_x0(x_t, t),
+    then x = path.add_noise(x0, fresh noise, next t); returns the last x0."""
+    x = initial_state(noise, path, times[0])
+    for i in range(len(times)):
+        x0 = predict_x0(x, time_like(times[i], len(x), x.device))
+        if i + 1 == len(times):
+            return x0
+        fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = renoise_step(x0, time_like(times[i + 1], len(x), x.device), fresh, path)
+    raise ValueError("renoise_sample needs at least one time")

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import StrictModel
-from ..diffusion import apply_lcm_boundary, lcm_boundary_scalings, renoise_step, sampling_times, solver_step
+from ..diffusion import apply_lcm_boundary, lcm_boundary_scalings, sampling_times, solver_step
 from ..models.base import Cond, Denoiser
-from .base import Batch, Objective, initial_state, time_like
+from .base import Batch, Objective, renoise_sample
 
 
 class BoundaryCondition:
@@ -147,11 +147,5 @@ class ConsistencyDistillation(Objective):
     @torch.no_grad()
     def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
         """Multistep consistency sampling (Song et al. 2023, Alg. 1)."""
-        times = self.sampling_grid(num_steps).to(noise.device)
-        x = initial_state(noise, self.student.path, times[0])
-        for i, t in enumerate(times):
-            x0 = self.boundary(self.student, x, time_like(t, len(x), x.device), cond)
-            if i + 1 < len(times):
-                fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                x = renoise_step(x0, time_like(times[i + 1], len(x), x.device), fresh, self.student.path)
-        return x0
+        return renoise_sample(lambda x, t: self.boundary(self.student, x, t, cond), noise,
+                              self.sampling_grid(num_steps).to(noise.device), generator, self.student.path)

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..diffusion import VPPath, renoise_step
 from ..diffusion.timesteps import _trainable_range
 from ..models.base import Cond, Denoiser
-from .base import Batch, Objective, initial_state, time_like
+from .base import Batch, Objective, initial_state, renoise_sample, time_like
 
 
 def interval_times(lo: float | Tensor, hi: float | Tensor, n: int, generator: torch.Generator, device: torch.device,
@@ -128,11 +128,5 @@ class FewStepGenerator(Objective):
     @torch.no_grad()
     def sample(self, noise: Tensor, num_steps: int, cond: Cond | None, generator: torch.Generator) -> Tensor:
         """Multi-step sampling: x0 = G(x_t, t), re-noise to the next time with fresh noise (DMD2 §4.4)."""
-        times = self.sampling_times(num_steps).to(noise.device)
-        x = initial_state(noise, self.teacher.path, times[0])
-        for i, t in enumerate(times):
-            x0 = self.student.predict(x, time_like(t, len(x), x.device), cond)
-            if i + 1 < len(times):
-                x = renoise_step(x0, time_like(times[i + 1], len(x), x.device), self.noise_like(x, generator),
-                                 self.teacher.path)
-        return x0
+        return renoise_sample(lambda x, t: self.student.predict(x, t, cond), noise,
+                              self.sampling_times(num_steps).to(noise.device), generator, self.teacher.path)
