@@ -47,6 +47,26 @@ def _logits2(q, k, bias_ptr, stride_bm, stride_bn, offs_m, offs_n, N_Q, N_K, qk_
     return tl.where(offs_n[None, :] < N_K, s, float("-inf"))
 
 
+@triton.jit
+def _saved_row_stats(LSE, DELTA, pid_bh, offs_m, N_Q):
+    """These query rows' saved log-sum-exp in base 2 (+inf for padded / fully masked rows, so their P is 0)
+    and their softmax-backward delta."""
+    lse = tl.load(LSE + pid_bh * N_Q + offs_m, mask=offs_m < N_Q, other=float("-inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + pid_bh * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
+    return lse2, delta
+
+
+@triton.jit
+def _probs_and_dlogits(q, k, v, do, lse2, delta, bias_ptr, stride_bm, stride_bn, offs_m, offs_n, N_Q, N_K, qk_scale,
+                       HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+    """One tile's P (recomputed from the saved LSE) and dS = P ⊙ (dO Vᵀ − delta)."""
+    s = _logits2(q, k, bias_ptr, stride_bm, stride_bn, offs_m, offs_n, N_Q, N_K, qk_scale, HAS_BIAS, PRECISION)
+    p = tl.exp2(s - lse2[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    return p, p * (dp - delta[:, None])
+
+
 _LENGTHS = ["N_Q", "N_K", "N_Q_BUCKET", "N_K_BUCKET"]  # runtime ints: a new length never recompiles
 
 
@@ -190,15 +210,10 @@ def _bwd_dkdv_kernel(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqn, N_Q, D)
         do = _tile(DO + b * sdob + h * sdoh, offs_m, offs_d, sdon, N_Q, D)
-        lse = tl.load(LSE + pid_bh * N_Q + offs_m, mask=offs_m < N_Q, other=float("-inf"))
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # padded/empty rows
-        delta = tl.load(DELTA + pid_bh * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
-        s = _logits2(q, k, BIAS + b * sbb + h * sbh, sbm, sbn, offs_m, offs_n, N_Q, N_K, qk_scale,
-                     HAS_BIAS, PRECISION)
-        p = tl.exp2(s - lse2[:, None])
+        lse2, delta = _saved_row_stats(LSE, DELTA, pid_bh, offs_m, N_Q)
+        p, ds = _probs_and_dlogits(q, k, v, do, lse2, delta, BIAS + b * sbb + h * sbh, sbm, sbn, offs_m, offs_n,
+                                   N_Q, N_K, qk_scale, HAS_BIAS, PRECISION)
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
         dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PRECISION)
     base = pid_bh.to(tl.int64) * N_K * D  # dk, dv are allocated contiguous
     _store_tile(DK + base, dk * scale, offs_n, offs_d, D, N_K, D)
@@ -220,19 +235,14 @@ def _bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqn, N_Q, D)
     do = _tile(DO + b * sdob + h * sdoh, offs_m, offs_d, sdon, N_Q, D)
-    lse = tl.load(LSE + pid_bh * N_Q + offs_m, mask=offs_m < N_Q, other=float("-inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + pid_bh * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
+    lse2, delta = _saved_row_stats(LSE, DELTA, pid_bh, offs_m, N_Q)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = scale * 1.4426950408889634
     for start_n in range(0, N_K, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _tile(K + b * skb + h * skh, offs_n, offs_d, skn, N_K, D)
         v = _tile(V + b * svb + h * svh, offs_n, offs_d, svn, N_K, D)
-        s = _logits2(q, k, BIAS + b * sbb + h * sbh, sbm, sbn, offs_m, offs_n, N_Q, N_K, qk_scale,
-                     HAS_BIAS, PRECISION)
-        p = tl.exp2(s - lse2[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
+        _, ds = _probs_and_dlogits(q, k, v, do, lse2, delta, BIAS + b * sbb + h * sbh, sbm, sbn, offs_m, offs_n,
+                                   N_Q, N_K, qk_scale, HAS_BIAS, PRECISION)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
     _store_tile(DQ + pid_bh.to(tl.int64) * N_Q * D, dq * scale, offs_m, offs_d, D, N_Q, D)
