@@ -73,18 +73,21 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def resolve_checkpoint(run_dir: str | Path, which: str) -> Path:
-    """'latest' or a path -> an existing complete checkpoint folder (clear error otherwise)."""
+    """'latest', a checkpoint's name under the run's checkpoints/ (e.g. 'step-00000500') or its path -> an
+    existing complete checkpoint folder (clear error otherwise)."""
+    root = checkpoint_root(run_dir)
     if which != LATEST:
-        path = Path(which)
-        if not (path / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"{path} is not a fewstep checkpoint (no trainer_state.json); "
-                                    f"pass --resume latest or a folder under {checkpoint_root(run_dir)}")
-        return path
-    pointer = checkpoint_root(run_dir) / LATEST
+        for path in (Path(which), root / which):
+            if (path / "trainer_state.json").is_file():
+                return path
+        names = sorted(p.name for p in root.glob("step-*") if (p / "trainer_state.json").is_file())
+        raise FileNotFoundError(f"{which} is not a fewstep checkpoint (no trainer_state.json); pass 'latest', one of "
+                                f"{names or 'no complete checkpoints'} (in {root}), or a checkpoint folder's path")
+    pointer = root / LATEST
     if not pointer.is_file():
-        raise FileNotFoundError(f"--resume latest: no checkpoint in {checkpoint_root(run_dir)}; "
+        raise FileNotFoundError(f"--resume latest: no checkpoint in {root}; "
                                 "start without --resume, or point run.output_dir at the run to continue")
-    return checkpoint_root(run_dir) / pointer.read_text().strip()
+    return root / pointer.read_text().strip()
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

@@ -157,6 +157,18 @@ def test_crash_during_save_leaves_last_good_checkpoint(tmp_path, monkeypatch):
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
+def test_checkpoint_by_latest_name_or_path_and_a_clear_error(tmp_path):
+    Trainer(Regression(), FixedBatches(torch.randn(64, 4), 8), make_run(tmp_path, max_steps=4, checkpoint_every=2),
+            sgd_like()).fit()
+    root = tmp_path / "checkpoints"
+    assert ckpt.resolve_checkpoint(tmp_path, "latest") == root / "step-00000004"
+    assert ckpt.resolve_checkpoint(tmp_path, "step-00000002") == root / "step-00000002"
+    assert ckpt.resolve_checkpoint(tmp_path, str(root / "step-00000002")) == root / "step-00000002"
+    with pytest.raises(FileNotFoundError) as err:
+        ckpt.resolve_checkpoint(tmp_path, "step-00000003")
+    assert "step-00000003" in str(err.value) and "['step-00000002', 'step-00000004']" in str(err.value)
+
+
 def test_data_position_is_restored(tmp_path):
     source = FixedBatches(torch.randn(64, 4), 8)
     trainer = Trainer(Regression(), source, make_run(tmp_path, max_steps=3), sgd_like())
