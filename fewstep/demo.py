@@ -87,8 +87,8 @@ def _measure_animal_mnist(setup, config, out_dir: Path, n: int) -> tuple[list[di
 
 
 def _manifest_rows(guidance: float) -> list[dict]:
-    """The committed teacher's 32-step FD as measured by scripts/eval_teacher.py (same classifier, reference,
-    sample count and class balance; even time grid)."""
+    """The committed teacher's 32-step FD as measured by scripts/eval_teacher.py (the same generate / sample_ode /
+    fd_to_test as the rows measured here: same noise, classifier, reference and even time grid)."""
     from .data.animal_mnist import TEACHER_DIR
 
     manifest = TEACHER_DIR / "manifest.json"
