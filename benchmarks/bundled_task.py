@@ -33,6 +33,7 @@ from common import RESULTS, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_STEPS = (1, 2, 4, 8, 16, 32)
+REFERENCE_KEYS = {"real_train_images", "teacher_32step"}  # Inception FIDs that do not depend on a method
 STUDENT_STEPS = (1, 2, 4)
 
 
@@ -99,7 +100,8 @@ def main() -> None:
     parser.add_argument("--inception", type=int, default=0, help="also Inception FID on this many samples (>= 2048)")
     parser.add_argument("--out", default="runs/bundled_task")
     parser.add_argument("--merge", action="store_true",
-                        help="keep the other methods' rows and the teacher's from benchmarks/results/bundled_task.json")
+                        help="keep the other methods' rows and the teacher's (FD and Inception) from "
+                             "benchmarks/results/bundled_task.json")
     parser.add_argument("--from-runs", action="store_true",
                         help="no training: evaluate the methods' final students saved under --out (implies --merge)")
     args = parser.parse_args()
@@ -146,9 +148,10 @@ def main() -> None:
         rows.append({"model": f"teacher (Euler, CFG {guidance})", "steps": steps, "fd": fd_to_test(x)})
         print(rows[-1], flush=True)
     inception = {}
-    if args.inception:
+    if args.inception:  # a merge keeps the teacher's and the floor's values on disk, as it keeps the teacher's FD rows
+        references = not merge or not REFERENCE_KEYS <= set(old_inception.get("values", {}))
         inception = inception_fids(teacher, guidance, {m: (setup.objective, n) for m, (setup, n) in best.items()},
-                                   args.inception)
+                                   args.inception, references)
     payload = {"metric": "FD, bundled classifier features, vs test split", "num_eval": args.num_eval,
                "teacher_sampler": "Euler on an even time grid, CFG as in the recipe",
                "student_weights": "final training weights (not the EMA)",
@@ -194,8 +197,9 @@ def inception_subject(key: str) -> str:
     return key.rsplit("_", 1)[0]
 
 
-def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, float]:
-    """Inception FID vs `num` train images: the teacher at 32 Euler steps, each method at its best step count."""
+def inception_fids(teacher, guidance: float, best: dict, num: int, references: bool = True) -> dict[str, float]:
+    """Inception FID vs `num` train images: each method at its best step count and, with `references`, the
+    real-vs-real floor (other train images) and the teacher at 32 Euler steps."""
     from fewstep.data.animal_mnist import load_animal_mnist, to_model_range
     from fewstep.evaluation.animal_mnist import generate
     from fewstep.evaluation.frechet import frechet_distance
@@ -210,11 +214,12 @@ def inception_fids(teacher, guidance: float, best: dict, num: int) -> dict[str, 
         return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
 
     fids = {}
-    if len(order) >= 2 * num:  # the floor: other real train images (as many) against the reference
+    if references and len(order) >= 2 * num:  # the floor: other real train images (as many) against the reference
         fids["real_train_images"] = fid(to_model_range(np.asarray(train_images)[order[num:2 * num]]))
-    fids["teacher_32step"] = fid(generate(
-        lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler", grid="uniform"), num))
-    print(fids, flush=True)
+    if references:
+        fids["teacher_32step"] = fid(generate(
+            lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler", grid="uniform"), num))
+        print(fids, flush=True)
     for method, (objective, steps) in best.items():
         gen = torch.Generator().manual_seed(7)
         fids[f"{method}_{steps}step"] = fid(generate(lambda z, c: objective.sample(z, steps, c, gen), num))
