@@ -214,9 +214,9 @@ def inception_fids(teacher, guidance: float, best: dict, num: int, references: b
         return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
 
     fids = {}
-    if references and len(order) >= 2 * num:  # the floor: other real train images (as many) against the reference
-        fids["real_train_images"] = fid(to_model_range(np.asarray(train_images)[order[num:2 * num]]))
     if references:
+        if len(order) >= 2 * num:  # the floor: other real train images (as many) against the reference
+            fids["real_train_images"] = fid(to_model_range(np.asarray(train_images)[order[num:2 * num]]))
         fids["teacher_32step"] = fid(generate(
             lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler", grid="uniform"), num))
         print(fids, flush=True)
