@@ -116,8 +116,7 @@ def main() -> None:
                      f"--inception {old_inception['num_samples']}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate
-    from fewstep.sampling import sample_ode
+    from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate, teacher_samples
 
     rows, times, best = [], {}, {}
     teacher = guidance = None
@@ -143,8 +142,7 @@ def main() -> None:
         best_row = min((r for r in rows if r["model"] == method), key=lambda r: r["fd"])
         best[method] = (setup, best_row["steps"])
     for steps in (() if merge else TEACHER_STEPS):
-        # even time grid: diffusers' default flow grid spends a whole step between sigma 0.001 and 0
-        x = generate(lambda z, c: sample_ode(teacher, z, steps, c, guidance, solver="euler", grid="uniform"), args.num_eval)
+        x = teacher_samples(teacher, steps, guidance, args.num_eval)
         rows.append({"model": f"teacher (Euler, CFG {guidance})", "steps": steps, "fd": fd_to_test(x)})
         print(rows[-1], flush=True)
     inception = {}
@@ -201,9 +199,8 @@ def inception_fids(teacher, guidance: float, best: dict, num: int, references: b
     """Inception FID vs `num` train images: each method at its best step count and, with `references`, the
     real-vs-real floor (other train images) and the teacher at 32 Euler steps."""
     from fewstep.data.animal_mnist import load_animal_mnist, to_model_range
-    from fewstep.evaluation.animal_mnist import generate
+    from fewstep.evaluation.animal_mnist import generate, teacher_samples
     from fewstep.evaluation.frechet import frechet_distance
-    from fewstep.sampling import sample_ode
 
     train_images, _ = load_animal_mnist("train")  # stored class by class: a seeded random subset is class-balanced
     order = np.random.default_rng(0).permutation(len(train_images))
@@ -217,8 +214,7 @@ def inception_fids(teacher, guidance: float, best: dict, num: int, references: b
     if references:
         if len(order) >= 2 * num:  # the floor: other real train images (as many) against the reference
             fids["real_train_images"] = fid(to_model_range(np.asarray(train_images)[order[num:2 * num]]))
-        fids["teacher_32step"] = fid(generate(
-            lambda z, c: sample_ode(teacher, z, 32, c, guidance, solver="euler", grid="uniform"), num))
+        fids["teacher_32step"] = fid(teacher_samples(teacher, 32, guidance, num))
         print(fids, flush=True)
     for method, (objective, steps) in best.items():
         gen = torch.Generator().manual_seed(7)

@@ -66,14 +66,13 @@ def _require_bundled_teacher(pretrained: str | None) -> None:
 @torch.no_grad()
 def _measure_animal_mnist(setup, config, out_dir: Path, n: int) -> tuple[list[dict], str]:
     from .data.animal_mnist import NUM_CLASSES
-    from .evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate
-    from .sampling import sample_ode
+    from .evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate, teacher_samples
     from .training.visualize import save_image_grid
 
     guidance = config.objective.guidance_scale
     rows = []
     for steps in (1, 4):  # the 32-step teacher costs minutes on a CPU: its figure comes from the manifest below
-        x = generate(lambda z, c: sample_ode(setup.teacher, z, steps, c, guidance, solver="euler", grid="uniform"), n)
+        x = teacher_samples(setup.teacher, steps, guidance, n)
         rows.append({"model": f"teacher (Euler, CFG {guidance:g})", "steps": steps, "score": fd_to_test(x)})
     rows += _manifest_rows(guidance)
     setup.student.eval()
@@ -87,7 +86,7 @@ def _measure_animal_mnist(setup, config, out_dir: Path, n: int) -> tuple[list[di
 
 
 def _manifest_rows(guidance: float) -> list[dict]:
-    """The committed teacher's 32-step FD as measured by scripts/eval_teacher.py (the same generate / sample_ode /
+    """The committed teacher's 32-step FD as measured by scripts/eval_teacher.py (the same teacher_samples /
     fd_to_test as the rows measured here: same noise, classifier, reference and even time grid)."""
     from .data.animal_mnist import TEACHER_DIR
 

@@ -22,10 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fewstep.data.animal_mnist import NULL_CLASS, NUM_CLASSES, TEACHER_DIR, load_classifier, sha256_file  # noqa: E402
-from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate  # noqa: E402
+from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, teacher_samples  # noqa: E402
 from fewstep.models import build_denoiser, load_denoiser  # noqa: E402
 from fewstep.models.base import Denoiser  # noqa: E402
-from fewstep.sampling import sample_ode  # noqa: E402
 from fewstep.training.visualize import save_image_grid  # noqa: E402
 
 WEIGHTS = Path("transformer") / "diffusion_pytorch_model.safetensors"
@@ -87,8 +86,7 @@ def main() -> None:
     start = time.time()
     for cfg in [float(c) for c in args.cfg_scales.split(",")]:
         for steps in [int(s) for s in args.steps.split(",")]:
-            images = generate(lambda z, c: sample_ode(teacher, z, steps, c, cfg, solver="euler", grid=args.time_grid),
-                              args.num_samples, seed=args.seed)
+            images = teacher_samples(teacher, steps, cfg, args.num_samples, args.time_grid, args.seed)
             key = f"{args.time_grid}_cfg{cfg:g}"
             if args.sample_images:  # sample i has class i % 10: each column of the grid is one class
                 save_image_grid(images[:100], Path(args.sample_images) / f"{key}_steps{steps}.png", nrow=NUM_CLASSES)

@@ -54,6 +54,16 @@ def generate(sampler: Sampler, n: int, seed: int = 2024, batch: int = 250) -> Te
                       for i in range(0, n, batch)])
 
 
+@torch.no_grad()
+def teacher_samples(teacher: torch.nn.Module, steps: int, guidance_scale: float, n: int, grid: str = "uniform",
+                    seed: int = 2024) -> Tensor:
+    """The baseline students are measured against: n class-balanced samples of `teacher` (a Denoiser) by Euler with
+    CFG, on an even time grid by default (diffusers' flow grid spends a whole step between sigma 0.001 and 0)."""
+    from ..sampling import sample_ode
+
+    return generate(lambda z, c: sample_ode(teacher, z, steps, c, guidance_scale, solver="euler", grid=grid), n, seed)
+
+
 def floor_and_ceiling(n: int = 1000) -> dict[str, float]:
     """FD of real train images (what 'as good as the data' reads) and of pure noise, vs the test split."""
     from ..data.animal_mnist import load_animal_mnist, to_model_range

@@ -125,14 +125,13 @@ def test_committed_teacher_loads_and_matches_manifest():
 def test_manifest_figures_reproduce_with_the_shared_evaluation():
     """The manifest's teacher FDs and floor are what fewstep.evaluation.animal_mnist measures (the demo and the
     bundled-task benchmark use the same path), not a separate protocol: re-measure the 1-step cell and the floor."""
-    from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate
+    from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, teacher_samples
     from fewstep.models import load_denoiser
-    from fewstep.sampling import sample_ode
 
     manifest = json.loads((am.TEACHER_DIR / "manifest.json").read_text())
     n = manifest["eval_protocol"]["num_samples"]
     teacher = load_denoiser("dit", str(am.TEACHER_DIR)).eval()
-    images = generate(lambda z, c: sample_ode(teacher, z, 1, c, 1.5, solver="euler", grid="uniform"), n)
+    images = teacher_samples(teacher, 1, 1.5, n)
     # float summation order differs across thread counts: agreement to ~1e-4 relative, not bit-exact
     assert fd_to_test(images) == pytest.approx(manifest["fd"]["uniform_cfg1.5"]["1"], rel=1e-3)
     reference = floor_and_ceiling(n)
