@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import CROSS_CHECKS, Config, ConfigError, ModelConfig, StudentConfig, ToyConfig
+from .config import Config, ConfigError, ModelConfig, StudentConfig, ToyConfig
 from .diffusion import EDMPath, FlowPath, GaussianPath, TrigFlowPath, VPPath
 from .models.base import Denoiser
 from .objectives.base import Objective
@@ -149,12 +149,3 @@ def apply_attention_backend(backend: str, *denoisers: Denoiser) -> None:
     for network in networks:
         set_attention_backend(network, backend)
 
-
-def _check_toy_pairing(config: Config) -> None:
-    is_toy_model, is_toy_data = config.model.kind == "toy_gmm", config.data.kind == "toy"
-    if is_toy_model != is_toy_data:
-        raise ConfigError(f"config error: data.kind: {config.data.kind!r} does not fit model.kind={config.model.kind!r}; "
-                          "the toy model trains on data.kind=toy and only it does")
-
-
-CROSS_CHECKS.append(_check_toy_pairing)

@@ -143,8 +143,18 @@ class Config:
 OBJECTIVE_CONFIGS: dict[str, type[BaseModel]] = {}
 DATA_CONFIGS: dict[str, type[BaseModel]] = {"toy": ToyDataConfig, "synthetic": SyntheticDataConfig,
                                              "animal_mnist": AnimalMNISTDataConfig}
-# checks across sections (method/model mismatches); each raises ConfigError
-CROSS_CHECKS: list[Callable[[Config], None]] = []
+
+
+def _check_toy_pairing(config: Config) -> None:
+    is_toy_model, is_toy_data = config.model.kind == "toy_gmm", config.data.kind == "toy"
+    if is_toy_model != is_toy_data:
+        raise ConfigError(f"config error: data.kind: {config.data.kind!r} does not fit model.kind={config.model.kind!r}; "
+                          "the toy model trains on data.kind=toy and only it does")
+
+
+# checks across sections (method/model mismatches), each raising ConfigError; run by build_config. Defined here,
+# not registered by another module's import, so that load_config applies them whatever was imported
+CROSS_CHECKS: list[Callable[[Config], None]] = [_check_toy_pairing]
 
 
 def _format_errors(err: ValidationError, prefix: str, model: type[BaseModel]) -> str:
