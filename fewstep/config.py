@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -146,15 +146,11 @@ DATA_CONFIGS: dict[str, type[BaseModel]] = {"toy": ToyDataConfig, "synthetic": S
 
 
 def _check_toy_pairing(config: Config) -> None:
+    """A check across sections (run by build_config, so load_config applies it whatever was imported)."""
     is_toy_model, is_toy_data = config.model.kind == "toy_gmm", config.data.kind == "toy"
     if is_toy_model != is_toy_data:
         raise ConfigError(f"config error: data.kind: {config.data.kind!r} does not fit model.kind={config.model.kind!r}; "
                           "the toy model trains on data.kind=toy and only it does")
-
-
-# checks across sections (method/model mismatches), each raising ConfigError; run by build_config. Defined here,
-# not registered by another module's import, so that load_config applies them whatever was imported
-CROSS_CHECKS: list[Callable[[Config], None]] = [_check_toy_pairing]
 
 
 def _format_errors(err: ValidationError, prefix: str, model: type[BaseModel]) -> str:
@@ -225,8 +221,7 @@ def build_config(raw: dict[str, Any]) -> Config:
     objective = _validate(_pick(OBJECTIVE_CONFIGS, root.objective, "name", "objective"), root.objective, "objective")
     data = _validate(_pick(DATA_CONFIGS, root.data, "kind", "data"), root.data, "data")
     config = Config(root, objective, data)
-    for check in CROSS_CHECKS:
-        check(config)
+    _check_toy_pairing(config)
     return config
 
 
