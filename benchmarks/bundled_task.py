@@ -59,10 +59,26 @@ def distil(method: str, train_steps: int | None, out_root: Path):
 
             make_pairs(["--config", str(recipe), "--out", str(pairs), "--num", "2000", "--steps", "32"])
         config.objective.regression_pairs = str(pairs)
+    if config.student.init != "teacher":
+        config.student.init = str(source_run(config.student.init, out_root, method))
     setup = build_setup(config)
     start = time.perf_counter()
     Trainer(setup.objective, setup.data, config.run, config.optimizers, config.to_dict()).fit()
     return setup, config, time.perf_counter() - start
+
+
+def source_run(init: str, out_root: Path, method: str) -> Path:
+    """A recipe started from another recipe's run (student.init: that recipe's run.output_dir) starts, here,
+    from the run this benchmark trained for that recipe under out_root."""
+    from fewstep.config import load_config
+
+    for source in available_methods():
+        if load_config(REPO / "configs" / f"{source}_animal_mnist.yaml").run.output_dir == init:
+            if not (out_root / source / "checkpoints" / "latest").is_file():
+                raise SystemExit(f"{method} starts from the {source} recipe's run: run `python benchmarks/"
+                                 f"bundled_task.py --methods {source} --merge` first")
+            return out_root / source
+    raise SystemExit(f"{method}: student.init {init} is not the run.output_dir of a configs/*_animal_mnist.yaml recipe")
 
 
 def reload(method: str, out_root: Path):
@@ -127,6 +143,8 @@ def main() -> None:
         else:
             setup, config, seconds = distil(method, args.train_steps, Path(args.out))
         times[method] = {"train_seconds": seconds, "train_steps": config.run.max_steps}
+        if config.student.init != "teacher":  # its budget adds to that run's
+            times[method]["started_from"] = Path(config.student.init).name
         if teacher is None:
             teacher, guidance = setup.teacher, config.objective.guidance_scale
         setup.student.eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -109,6 +110,33 @@ def build_student(teacher: Denoiser, cfg: StudentConfig, model_cfg: ModelConfig)
     return student
 
 
+def initialise_from_run(objective: Objective, source: str) -> None:
+    """student.init: load the student (and the fake score, where the source run has one) from a fewstep run
+    directory's latest checkpoint or a checkpoint folder. A network may lack only its discriminator head (a
+    SiDA run started from SiD) or, for a student, the frozen teacher inside it (Phased DMD's mixture)."""
+    from .training.checkpoint import network_weights, resolve_checkpoint
+
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"config error: student.init: {source} does not exist; give 'teacher', a fewstep run "
+                          "directory or one of its checkpoints/step-* folders")
+    checkpoint = path if (path / "trainer_state.json").is_file() else resolve_checkpoint(path, "latest")
+    networks = objective.trainable_networks()
+    weights = network_weights(checkpoint, list(networks))
+    if "student" not in weights:
+        raise ConfigError(f"config error: student.init: {checkpoint} holds no student weights")
+    for name, state in weights.items():
+        if name not in networks:
+            continue
+        missing, unexpected = networks[name].load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(("head.", "teacher."))]
+        unexpected = [k for k in unexpected if not k.startswith("head.")]
+        if missing or unexpected:
+            raise ConfigError(f"config error: student.init: the {name} in {checkpoint} does not fit this recipe's "
+                              f"{name} (missing {missing[:3]}, unexpected {unexpected[:3]}); start from a run of "
+                              "the same model and fake-score layout")
+
+
 def build_data(config: Config, teacher: Denoiser, device: torch.device, rank: int = 0, world_size: int = 1,
                text_encoder: object | None = None):
     from .data_sources import LoaderSource, SyntheticSource, ToySource, build_loader
@@ -121,7 +149,10 @@ def build_data(config: Config, teacher: Denoiser, device: torch.device, rank: in
     return LoaderSource(build_loader(config.data, rank, world_size, config.run.seed), text_encoder, device)
 
 
-def build_setup(config: Config, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Setup:
+def build_setup(config: Config, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                initialise: bool = True) -> Setup:
+    """initialise=False skips student.init: for callers that load a checkpoint of this run over it anyway (resume,
+    load_run), so a run started from another run keeps working after that run is deleted."""
     from accelerate.utils import set_seed
 
     set_seed(config.run.seed)  # same seed on every rank: identical initial weights everywhere
@@ -132,6 +163,8 @@ def build_setup(config: Config, device: torch.device | str = "cpu", rank: int = 
     if config.run.gradient_checkpointing and hasattr(student, "enable_gradient_checkpointing"):
         student.enable_gradient_checkpointing()
     objective = build_objective(config.objective, student, teacher)
+    if initialise and config.student.init != "teacher":
+        initialise_from_run(objective, config.student.init)
     data = build_data(config, teacher, torch.device(device), rank, world_size, text_encoder)
     return Setup(teacher, student, objective, data, text_encoder)
 

@@ -79,7 +79,9 @@ class LoraConfig(StrictModel):
 
 
 class StudentConfig(StrictModel):
-    init: Literal["teacher"] = "teacher"
+    # "teacher", or a fewstep run directory (its latest checkpoint) / checkpoint folder whose student, and fake
+    # score where both runs have one, start this run (SiD²A: SiDA started from a SiD run); optimisers start fresh
+    init: str = "teacher"
     lora: LoraConfig | None = None
 
 

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.overrides)
         accelerator = make_accelerator(config.run)
-        setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes)
+        setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes,
+                            initialise=args.resume is None)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", ema: bool = False,
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a fewstep run directory (no config.yaml)")
-    setup = build_setup(build_config(yaml.safe_load(config_file.read_text())), device)
+    setup = build_setup(build_config(yaml.safe_load(config_file.read_text())), device, initialise=False)
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_file(str(path / "model.safetensors"))
     student = setup.objective.trainable_networks()["student"]  # e.g. Phased DMD's expert mixture

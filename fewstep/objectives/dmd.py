@@ -115,11 +115,9 @@ class DistributionMatching(FewStepGenerator):
     def generator_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         x = self.generate(batch, generator)
         loss, logs = self.matching_loss(x, batch, generator)
-        if self.gan_generator_weight:
-            t = self.noise_times(len(x), generator, x.device)
-            noisy = self.teacher.path.add_noise(x, self.noise_like(x, generator), t)
-            _, logits = self.fake_score.forward_with_logits(noisy, t, batch.cond, wrapped=False)  # type: ignore[union-attr]
-            gan_loss = gan.generator_loss(logits)
+        adversarial = self.adversarial_loss(x, batch, generator) if self.gan_generator_weight else None
+        if adversarial is not None:
+            gan_loss, logits = adversarial
             loss = loss + self.gan_generator_weight * gan_loss
             logs.update({"gan/g_loss": gan_loss.detach(), **gan.logit_logs("gan/g", None, logits)})
         if hasattr(self, "regression_noise"):
@@ -139,6 +137,14 @@ class DistributionMatching(FewStepGenerator):
             grad = dmd_gradient(x, real_x0, fake_x0)
         loss = surrogate_loss(x, grad)
         return loss, {"dmd_loss": loss.detach(), "dmd/grad_abs": grad.abs().mean()}
+
+    def adversarial_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
+        """DMD2 §4.3: the non-saturating generator loss on the fake score's head at a fresh noise level
+        -> (loss, logits); None where a subclass folds its GAN term into matching_loss."""
+        t = self.noise_times(len(x), generator, x.device)
+        noisy = self.teacher.path.add_noise(x, self.noise_like(x, generator), t)
+        _, logits = self.fake_score.forward_with_logits(noisy, t, batch.cond, wrapped=False)  # type: ignore[union-attr]
+        return gan.generator_loss(logits), logits
 
     def regression_loss(self, generator: torch.Generator, batch_size: int) -> Tensor:
         """DMD Eq. 9 with an L2 distance (DMD uses LPIPS): G(z) against the teacher's ODE sample from z, on
@@ -210,6 +216,9 @@ class GANConfig(StrictModel):
     discriminator_weight: float = 0.0
     tap: str | None = None  # a Denoiser feature tap; None: the bottleneck
     feature_channels: int | None = None  # None: inferred from the tap module
+    # the head's lr = the fake score's x this (two time-scale, Heusel et al. 2017): a fresh head at a fake-score lr
+    # stays near chance for thousands of steps, so on short budgets its GAN term is noise
+    head_lr_scale: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -271,7 +280,8 @@ class DMD2Config(DMDConfig):
 def make_fake_score(cfg: MatchingConfig, student: Denoiser, teacher: Denoiser) -> FakeScore:
     fs, g = cfg.fake_score, cfg.gan
     return build_fake_score(teacher, student, fs.mode, fs.lora_rank, fs.lora_alpha, fs.lora_target_modules,
-                            gan=g.enabled, gan_tap=g.tap, gan_channels=g.feature_channels)
+                            gan=g.enabled, gan_tap=g.tap, gan_channels=g.feature_channels,
+                            gan_head_lr_scale=g.head_lr_scale)
 
 
 def _build_dmd(cfg: DMDConfig, student: Denoiser, teacher: Denoiser) -> Objective:

@@ -114,8 +114,11 @@ class FakeScore(Denoiser):
         set_adapters_disabled(teacher.model)
         return cls(teacher, adapter=FAKE_ADAPTER)
 
-    def add_discriminator(self, tap: str | None = None, channels: int | None = None) -> "FakeScore":
-        """Attach a GAN classifier head on the output of feature tap `tap` (default: the bottleneck)."""
+    def add_discriminator(self, tap: str | None = None, channels: int | None = None,
+                          lr_scale: float = 1.0) -> "FakeScore":
+        """Attach a GAN classifier head on the output of feature tap `tap` (default: the bottleneck), trained at
+        lr_scale x the fake score's learning rate."""
+        self.head_lr_scale = lr_scale
         modules = self.tap_modules()
         self.tap = tap or default_tap(list(modules))
         if self.tap not in modules:
@@ -124,6 +127,14 @@ class FakeScore(Denoiser):
         device = next(self.parameters()).device
         self.head = DiscriminatorHead(width, spatial=not isinstance(self.network, ToyStudent)).to(device)
         return self
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser groups for the trainer: the denoiser's trainable weights, and the head at its lr scale."""
+        head = {id(p) for p in self.head.parameters()} if self.head is not None else set()
+        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in head]}]
+        if self.head is not None:
+            groups.append({"params": list(self.head.parameters()), "lr_scale": self.head_lr_scale})
+        return groups
 
     # ---- forward ----
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
@@ -175,11 +186,12 @@ class FakeScore(Denoiser):
 
 def build_fake_score(teacher: Denoiser, student: Denoiser, mode: str = "copy", lora_rank: int = 16,
                      lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
-                     gan: bool = False, gan_tap: str | None = None, gan_channels: int | None = None) -> FakeScore:
+                     gan: bool = False, gan_tap: str | None = None, gan_channels: int | None = None,
+                     gan_head_lr_scale: float = 1.0) -> FakeScore:
     if mode == "copy":
         fake = FakeScore.copy_of(teacher, student)
     elif mode == "lora":
         fake = FakeScore.lora_on(teacher, lora_rank, lora_alpha, lora_target_modules)
     else:
         raise ValueError(f"unknown fake score mode {mode!r}; expected 'copy' or 'lora'")
-    return fake.add_discriminator(gan_tap, gan_channels) if gan else fake
+    return fake.add_discriminator(gan_tap, gan_channels, gan_head_lr_scale) if gan else fake

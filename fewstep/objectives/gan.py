@@ -85,9 +85,14 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
+def generator_loss_per_sample(fake_logits: Tensor) -> Tensor:
+    """Non-saturating generator loss -log D(fake) per sample (Goodfellow et al. 2014, §3; DMD2 §4.3)."""
+    return F.softplus(-fake_logits)
+
+
 def generator_loss(fake_logits: Tensor) -> Tensor:
-    """Non-saturating generator loss -log D(fake) (Goodfellow et al. 2014, §3; DMD2 §4.3)."""
-    return F.softplus(-fake_logits).mean()
+    """generator_loss_per_sample, mean over the batch."""
+    return generator_loss_per_sample(fake_logits).mean()
 
 
 def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:

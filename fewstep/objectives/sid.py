@@ -24,20 +24,32 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..diffusion import convert_prediction
 from ..models.base import Denoiser
+from . import gan
 from .base import Batch, Objective
 from .dmd import DistributionMatching, GANConfig, MatchingConfig, make_fake_score
 from .fake_score import FakeScore
 from .registry import register
 
 
-def sid_loss(x: Tensor, real_x0: Tensor, fake_x0: Tensor, alpha: float) -> Tensor:
-    """SiD's generator loss, mean over elements, weighted per sample by 1 / sg(mean_{non-batch} |x - real_x0|)."""
-    x, real_x0, fake_x0 = x.float(), real_x0.float(), fake_x0.float()
+def sid_weight(x: Tensor, real_x0: Tensor) -> Tensor:
+    """SiD's per-sample normaliser 1 / sg(mean_{non-batch} |x - real_x0|), shaped to broadcast over x."""
     with torch.no_grad():
-        weight = 1.0 / (x - real_x0).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True).clamp_min(1e-5)
+        return 1.0 / (x.float() - real_x0.float()).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True).clamp_min(1e-5)
+
+
+def sid_loss(x: Tensor, real_x0: Tensor, fake_x0: Tensor, alpha: float) -> Tensor:
+    """SiD's generator loss, mean over elements, weighted per sample by sid_weight."""
+    x, real_x0, fake_x0 = x.float(), real_x0.float(), fake_x0.float()
     difference = real_x0 - fake_x0
-    return (difference * ((real_x0 - x) - alpha * difference) * weight).mean()
+    return (difference * ((real_x0 - x) - alpha * difference) * sid_weight(x, real_x0)).mean()
+
+
+def sida_adversarial_loss(logits: Tensor, x: Tensor, real_x0: Tensor) -> Tensor:
+    """SiDA's generator GAN term: -log D(x_t) per sample, over the same sid_weight as the SiD term (the reference
+    code scales it to SiD's per-pixel sum, i.e. to sid_loss's per-element mean here), mean over the batch."""
+    return (gan.generator_loss_per_sample(logits) * sid_weight(x, real_x0).flatten()).mean()
 
 
 class ScoreIdentityDistillation(DistributionMatching):
@@ -54,16 +66,31 @@ class ScoreIdentityDistillation(DistributionMatching):
         self.fake_train_guidance_scale = fake_train_guidance_scale
 
     def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """SiD's term at one noise level per sample; x_t keeps its graph to x (unlike DMD's sg)."""
+        """SiD's term at one noise level per sample; x_t keeps its graph to x (unlike DMD's sg). SiDA: the GAN
+        logits come from the same fake-score forward (its encoder is the discriminator's trunk)."""
         fake = self.fake_score
         assert fake is not None
         t = self.noise_times(len(x), generator, x.device)
         x_t = self.teacher.path.add_noise(x, self.noise_like(x, generator), t)
         real_x0 = self.teacher.predict(x_t, t, batch.cond, guidance_scale=self.guidance_scale)
+        logits = None
         with fake.unwrapped():  # the fake score's weight gradients from this pass are discarded
-            fake_x0 = fake.predict(x_t, t, batch.cond, guidance_scale=self.fake_guidance_scale)
+            if self.gan_generator_weight:
+                raw, logits = fake.forward_with_logits(x_t, t, batch.cond, guidance_scale=self.fake_guidance_scale)
+                fake_x0 = convert_prediction(raw, fake.prediction_type, "sample", x_t, t, fake.path)
+            else:
+                fake_x0 = fake.predict(x_t, t, batch.cond, guidance_scale=self.fake_guidance_scale)
         loss = sid_loss(x, real_x0, fake_x0, self.alpha)
-        return loss, {"sid_loss": loss.detach(), "sid/score_gap": (real_x0 - fake_x0).detach().abs().mean()}
+        logs = {"sid_loss": loss.detach(), "sid/score_gap": (real_x0 - fake_x0).detach().abs().mean()}
+        if logits is not None:  # SiDA: L_G = L_SiD + lambda_adv L_adv (the reference's 0.5 / 0.5 is lambda_adv = 1)
+            gan_loss = sida_adversarial_loss(logits, x, real_x0)
+            loss = loss + self.gan_generator_weight * gan_loss
+            logs.update({"gan/g_loss": gan_loss.detach(), **gan.logit_logs("gan/g", None, logits)})
+        return loss, logs
+
+    def adversarial_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> None:
+        """SiDA's GAN term is part of matching_loss (one shared forward at SiD's x_t)."""
+        return None
 
     def fake_score_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         """Denoising score matching on G's samples with LSG's kappa_1 (and condition dropout, so the
@@ -96,11 +123,12 @@ class SiDLSGConfig(SiDConfig):
 
 
 class SiDAConfig(SiDConfig):
-    """SiDA: SiD plus the adversarial term on the fake score's encoder features, with real images (the weights
-    here are DMD2-style starting points, not the paper's)."""
+    """SiDA: SiD plus the adversarial term on the fake score's encoder features, with real images. The generator
+    weight 1 is the reference's equal halves; the discriminator weight is relative to the fake score's per-element
+    denoising loss (the reference adds a per-sample D loss to a per-pixel sum: about 1/pixels of it)."""
 
     name: Literal["sida"] = "sida"  # type: ignore[assignment]
-    gan: GANConfig = GANConfig(generator_weight=0.01, discriminator_weight=1.0)
+    gan: GANConfig = GANConfig(generator_weight=1.0, discriminator_weight=0.01)
 
 
 def _build_sid(cfg: SiDConfig, student: Denoiser, teacher: Denoiser) -> Objective:

@@ -98,3 +98,12 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any
     data_file = path / f"data_state_{accelerator.process_index}.json"
     data_state = json.loads(data_file.read_text()) if data_file.is_file() else {}
     return trainer_state, tensors, data_state
+
+
+def network_weights(checkpoint: Path, default_order: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The trainable networks' weights in a checkpoint, by network name. accelerate numbers its model files in
+    the order the trainer prepared the networks, which trainer_state.json records ('networks'); checkpoints
+    written before it was recorded are read in `default_order` (the loading objective's own order)."""
+    names = json.loads((checkpoint / "trainer_state.json").read_text()).get("networks", default_order)
+    files = [checkpoint / ("model.safetensors" if i == 0 else f"model_{i}.safetensors") for i in range(len(names))]
+    return {name: load_file(str(f)) for name, f in zip(names, files) if f.is_file()}

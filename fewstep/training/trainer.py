@@ -94,10 +94,14 @@ class Trainer:
         optimizers, schedulers = [], []
         for name in names:
             cfg = settings[name]
-            params = [p for p in self.networks[name].parameters() if p.requires_grad]
+            network = self.networks[name]
+            params = [p for p in network.parameters() if p.requires_grad]
             if not params:
                 raise ValueError(f"network {name!r} has no trainable parameters (frozen, or LoRA not applied)")
-            opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
+            # a network may split its weights into groups at their own lr scale (a fake score's GAN head)
+            groups = network.parameter_groups() if hasattr(network, "parameter_groups") else [{"params": params}]
+            groups = [{"params": g["params"], "lr": cfg.lr * g.get("lr_scale", 1.0)} for g in groups]
+            opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
             optimizers.append(opt)
             schedulers.append(get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=cfg.warmup_steps,
                                             num_training_steps=max(1, self.run.max_steps)))
@@ -255,7 +259,7 @@ class Trainer:
             tensors[f"ema_{name}"] = {str(i): p for i, p in enumerate(ema.shadow_params)}
             ema_meta[name] = {"optimization_step": ema.optimization_step, "decay": ema.decay}
         trainer_state = {"step": self.step, "ema": ema_meta, "seed": self.run.seed,
-                         "world_size": self.accelerator.num_processes}
+                         "world_size": self.accelerator.num_processes, "networks": list(self.prepared)}
         self.last_checkpoint = save_checkpoint(self.accelerator, self.run_dir, self.step, trainer_state, tensors,
                                                self.data.state_dict(), self.run.keep_checkpoints)
         return self.last_checkpoint

@@ -210,3 +210,25 @@ def test_dmd_student_beats_teacher_at_equal_steps_on_the_exact_toy(recipe, steps
     student = sliced_wasserstein(setup.objective.sample(noise, steps, None, torch.Generator().manual_seed(2)), data)
     teacher = sliced_wasserstein(sample_ode(setup.teacher, noise, steps), data)
     assert student < margin * teacher, (student, teacher)
+
+
+def test_gan_head_trains_at_its_own_learning_rate(tmp_path):
+    """gan.head_lr_scale: the fake score's optimiser holds the discriminator head as its own group at lr x scale
+    (through a warm-up schedule too), the rest of the fake score at lr; every trainable weight is in one group."""
+    from fewstep.build import build_setup
+    from fewstep.config import load_config
+    from fewstep.training.trainer import Trainer
+
+    from .helpers import QUIET, ROOT
+
+    config = load_config(ROOT / "configs" / "dmd2_toy.yaml", [f"run.output_dir={tmp_path}", "run.max_steps=3",
+                                                               "objective.gan.head_lr_scale=20", *QUIET])
+    setup = build_setup(config)
+    trainer = Trainer(setup.objective, setup.data, config.run, config.optimizers)
+    trainer.fit()
+    fake = setup.objective.fake_score
+    trunk, head = trainer.optimizers["fake_score"].param_groups
+    assert {id(p) for p in head["params"]} == {id(p) for p in fake.head.parameters()}
+    assert len(trunk["params"]) + len(head["params"]) == sum(p.requires_grad for p in fake.parameters())
+    assert head["lr"] == pytest.approx(20 * trunk["lr"]) and trunk["lr"] > 0
+    assert len(trainer.optimizers["student"].param_groups) == 1

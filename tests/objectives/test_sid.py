@@ -94,3 +94,35 @@ def test_lsg_guidance_scales_reach_the_right_scores(tmp_path, monkeypatch):
     seen.clear()
     objective.loss("fake_score", batch, torch.Generator().manual_seed(0))
     assert ("fake", 3.0) in seen
+
+
+def test_sida_adversarial_term_reads_the_sid_terms_own_forward(tmp_path, monkeypatch):
+    """SiDA (Zhou et al. 2025, reference loss `generator_share_encoder_loss`): the GAN logits come from the fake
+    score's forward at SiD's x_t, and -log D(x_t) is divided per sample by the same mean|x - f_real| as the SiD
+    term. Rebuilt here by hand from the same noise draws; the fake score runs once per generator step."""
+    from fewstep.objectives.sid import sida_adversarial_loss
+
+    config, setup = toy_setup(tmp_path, "sida_toy.yaml")
+    objective = setup.objective
+    objective.gan_generator_weight = 0.7
+    batch = setup.data.next_batch(torch.Generator().manual_seed(0))
+    x = objective.generate(batch, torch.Generator().manual_seed(1))
+    loss, logs = objective.matching_loss(x, batch, torch.Generator().manual_seed(2))
+
+    g = torch.Generator().manual_seed(2)
+    t = objective.noise_times(len(x), g, x.device)
+    x_t = objective.teacher.path.add_noise(x, objective.noise_like(x, g), t)
+    real = objective.teacher.predict(x_t, t, batch.cond, guidance_scale=objective.guidance_scale)
+    fake = objective.fake_score.predict(x_t, t, batch.cond)
+    _, logits = objective.fake_score.forward_with_logits(x_t, t, batch.cond)
+    weight = 1 / (x - real).abs().mean(dim=tuple(range(1, x.ndim)))
+    expected_gan = (torch.nn.functional.softplus(-logits) * weight).mean()
+    torch.testing.assert_close(sida_adversarial_loss(logits, x, real), expected_gan)
+    torch.testing.assert_close(loss, sid_loss(x, real, fake, objective.alpha) + 0.7 * expected_gan)
+    torch.testing.assert_close(logs["gan/g_loss"], expected_gan)
+
+    calls = []
+    original = objective.fake_score.guided
+    monkeypatch.setattr(objective.fake_score, "guided", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    objective.loss("generator", batch, torch.Generator().manual_seed(3))
+    assert len(calls) == 1  # no second fake-score forward for the GAN term (DMD2's adversarial_loss is skipped)
