@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from .build import Setup, build_setup
 from .config import build_config
-from .training.checkpoint import checkpoint_root, resolve_checkpoint
+from .training.checkpoint import checkpoint_root, network_weights, resolve_checkpoint
 
 GenerateFn = Callable[[int, int, int], torch.Tensor]
 
@@ -28,8 +28,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", ema: bool = False,
         raise FileNotFoundError(f"{run_dir} is not a fewstep run directory (no config.yaml)")
     setup = build_setup(build_config(yaml.safe_load(config_file.read_text())), device, initialise=False)
     path = resolve_checkpoint(run_dir, checkpoint)
-    state = load_file(str(path / "model.safetensors"))
-    student = setup.objective.trainable_networks()["student"]  # e.g. Phased DMD's expert mixture
+    networks = setup.objective.trainable_networks()
+    state = network_weights(path, list(networks))["student"]
+    student = networks["student"]  # e.g. Phased DMD's expert mixture
     missing, unexpected = student.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.startswith("teacher.")]:
         raise ValueError(f"checkpoint {path} does not fit the run's student: missing {missing[:5]}, unexpected {unexpected[:5]}")
