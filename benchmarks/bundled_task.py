@@ -176,7 +176,7 @@ def main() -> None:
         payload["inception_fid_vs_train"] = {"num_samples": args.inception, "values": inception}
     with results_lock():  # merged with what is on disk now, so runs in parallel keep each other's rows
         if merge:
-            payload = merged(read_results(), payload, methods)
+            payload = merged(read_results(), payload, methods, set(available_methods()))
         write_result("bundled_task", payload)
     write_table_and_plot(payload)
 
@@ -192,14 +192,18 @@ def results_lock():
         yield
 
 
-def merged(previous: dict, payload: dict, methods: list[str]) -> dict:
-    """`payload`'s methods replace theirs in `previous`; the teacher's rows and the other methods' are kept."""
-    rows = [r for r in previous["rows"] if r["model"] not in methods and not r["model"].startswith("teacher")]
-    rows += payload["rows"] + [r for r in previous["rows"] if r["model"].startswith("teacher")]
-    times = {**{k: v for k, v in previous["training"].items() if k not in methods}, **payload["training"]}
+def merged(previous: dict, payload: dict, methods: list[str], shipped: set[str]) -> dict:
+    """`payload`'s methods replace theirs in `previous` (in their old places; new ones after the rest); the
+    teacher's rows and the other methods' are kept, except those of methods no longer `shipped` as a recipe."""
+    stale = set(methods) | {r["model"] for r in previous["rows"] if r["model"] not in shipped}
+    teacher = [r for r in previous["rows"] if r["model"].startswith("teacher")]
+    students = [r for r in previous["rows"] if r["model"] not in stale and r not in teacher] + payload["rows"]
+    order = list(dict.fromkeys(r["model"] for r in previous["rows"] + payload["rows"]))
+    rows = sorted(students, key=lambda r: order.index(r["model"])) + teacher
+    times = {**{k: v for k, v in previous["training"].items() if k not in stale}, **payload["training"]}
     # a re-trained method's old Inception FID no longer describes its student
     old = previous.get("inception_fid_vs_train", {})
-    values = {k: v for k, v in old.get("values", {}).items() if inception_subject(k) not in methods}
+    values = {k: v for k, v in old.get("values", {}).items() if inception_subject(k) not in stale}
     new = payload.get("inception_fid_vs_train", {})
     values.update(new.get("values", {}))
     out = {**payload, "rows": rows, "training": times}

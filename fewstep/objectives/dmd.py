@@ -71,7 +71,8 @@ class DistributionMatching(FewStepGenerator):
                  student_times: list[float] | None = None, guidance_scale: float = 1.0,
                  time_range: tuple[float, float] = (0.02, 0.98), time_shift: float = 1.0, fake_score_updates: int = 1,
                  backward_simulation: bool = True, gan_generator_weight: float = 0.0,
-                 gan_discriminator_weight: float = 0.0, regression_pairs: str | Path | None = None,
+                 gan_discriminator_weight: float = 0.0, gan_time_range: tuple[float, float] | None = None,
+                 regression_pairs: str | Path | None = None,
                  regression_weight: float = 0.25, regression_batch_size: int | None = None,
                  fake_cond_dropout: float = 0.0):
         super().__init__(student, teacher, student_times=student_times, time_range=time_range, time_shift=time_shift,
@@ -82,6 +83,7 @@ class DistributionMatching(FewStepGenerator):
         self.guidance_scale, self.fake_score_updates = guidance_scale, fake_score_updates
         self.fake_cond_dropout = fake_cond_dropout
         self.gan_generator_weight, self.gan_discriminator_weight = gan_generator_weight, gan_discriminator_weight
+        self.gan_time_range = gan_time_range
         if (gan_generator_weight or gan_discriminator_weight) and (fake_score is None or fake_score.head is None):
             raise ValueError("GAN weights need a fake score with a discriminator head (gan.enabled)")
         self.regression_weight, self.regression_batch_size = regression_weight, regression_batch_size
@@ -141,7 +143,7 @@ class DistributionMatching(FewStepGenerator):
     def adversarial_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
         """DMD2 §4.3: the non-saturating generator loss on the fake score's head at a fresh noise level
         -> (loss, logits); None where a subclass folds its GAN term into matching_loss."""
-        t = self.noise_times(len(x), generator, x.device)
+        t = self.noise_times(len(x), generator, x.device, self.gan_time_range)
         noisy = self.teacher.path.add_noise(x, self.noise_like(x, generator), t)
         _, logits = self.fake_score.forward_with_logits(noisy, t, batch.cond, wrapped=False)  # type: ignore[union-attr]
         return gan.generator_loss(logits), logits
@@ -162,7 +164,8 @@ class DistributionMatching(FewStepGenerator):
     # ---- the fake score ----
     def fake_score_loss(self, batch: Batch, generator: torch.Generator, guidance_scale: float = 1.0
                         ) -> tuple[Tensor, dict[str, Tensor]]:
-        """DMD Eq. 6 on G's samples; DMD2 §4.3 adds the discriminator loss on the same forward."""
+        """DMD Eq. 6 on G's samples; DMD2 §4.3 adds the discriminator loss on the same forward (on one more
+        forward where the GAN has noise levels of its own, gan_time_range)."""
         fake = self.fake_score
         assert fake is not None
         with torch.no_grad():
@@ -170,11 +173,16 @@ class DistributionMatching(FewStepGenerator):
         t = self.noise_times(len(x), generator, x.device)
         with_gan = bool(self.gan_discriminator_weight)
         cond = drop_conditions(fake, batch.cond, self.fake_cond_dropout, generator)
-        loss, fake_logits = fake.denoising_loss(x, self.noise_like(x, generator), t, cond, with_logits=with_gan,
+        shared = with_gan and self.gan_time_range is None
+        loss, fake_logits = fake.denoising_loss(x, self.noise_like(x, generator), t, cond, with_logits=shared,
                                                guidance_scale=guidance_scale)
         logs = {"fake_score_loss": loss.detach()}
-        if fake_logits is not None:
-            t_real = self.noise_times(len(batch), generator, x.device)
+        if with_gan:
+            if fake_logits is None:
+                t_fake = self.noise_times(len(x), generator, x.device, self.gan_time_range)
+                fake_noisy = self.teacher.path.add_noise(x, self.noise_like(x, generator), t_fake)
+                _, fake_logits = fake.forward_with_logits(fake_noisy, t_fake, batch.cond)
+            t_real = self.noise_times(len(batch), generator, x.device, self.gan_time_range)
             real_noisy = self.teacher.path.add_noise(batch.x0, self.noise_like(batch.x0, generator), t_real)
             _, real_logits = fake.forward_with_logits(real_noisy, t_real, batch.cond)
             d_loss = gan.discriminator_loss(real_logits, fake_logits)
@@ -200,6 +208,12 @@ class DistributionMatching(FewStepGenerator):
 
 
 # ---- configuration and registration ----
+def check_time_range(v: tuple[float, float], name: str = "time_range") -> tuple[float, float]:
+    if not 0.0 <= v[0] < v[1] <= 1.0:
+        raise ValueError(f"{name} must satisfy 0 <= min < max <= 1, got {v}")
+    return v
+
+
 class FakeScoreConfig(StrictModel):
     """copy: a full fp32 copy of the teacher; lora: an adapter on the frozen teacher (no second copy)."""
 
@@ -219,6 +233,14 @@ class GANConfig(StrictModel):
     # the head's lr = the fake score's x this (two time-scale, Heusel et al. 2017): a fresh head at a fake-score lr
     # stays near chance for thousands of steps, so on short budgets its GAN term is noise
     head_lr_scale: float = 1.0
+    # noise levels (fractions of the path) of the GAN terms; None: the fake score's time_range. Real and generated
+    # samples differ in detail, which noise hides: a head at t near 1 is at chance whatever it learns
+    time_range: tuple[float, float] | None = None
+
+    @field_validator("time_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        return v if v is None else check_time_range(v)
 
     @property
     def enabled(self) -> bool:
@@ -239,9 +261,7 @@ class MatchingConfig(StrictModel):
     @field_validator("time_range")
     @classmethod
     def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 <= v[0] < v[1] <= 1.0:
-            raise ValueError(f"time_range must satisfy 0 <= min < max <= 1, got {v}")
-        return v
+        return check_time_range(v)
 
     @field_validator("fake_score_updates")
     @classmethod
@@ -277,6 +297,12 @@ class DMD2Config(DMDConfig):
     gan: GANConfig = GANConfig(generator_weight=5e-3, discriminator_weight=1e-2)
 
 
+def gan_settings(g: GANConfig) -> dict:
+    """DistributionMatching's GAN keywords from a recipe's gan block."""
+    return {"gan_generator_weight": g.generator_weight, "gan_discriminator_weight": g.discriminator_weight,
+            "gan_time_range": g.time_range}
+
+
 def make_fake_score(cfg: MatchingConfig, student: Denoiser, teacher: Denoiser) -> FakeScore:
     fs, g = cfg.fake_score, cfg.gan
     return build_fake_score(teacher, student, fs.mode, fs.lora_rank, fs.lora_alpha, fs.lora_target_modules,
@@ -289,8 +315,7 @@ def _build_dmd(cfg: DMDConfig, student: Denoiser, teacher: Denoiser) -> Objectiv
         student, teacher, make_fake_score(cfg, student, teacher), student_times=cfg.student_times,
         guidance_scale=cfg.guidance_scale, time_range=cfg.time_range, time_shift=cfg.time_shift,
         fake_score_updates=cfg.fake_score_updates, backward_simulation=cfg.backward_simulation,
-        gan_generator_weight=cfg.gan.generator_weight, gan_discriminator_weight=cfg.gan.discriminator_weight,
-        regression_pairs=cfg.regression_pairs, regression_weight=cfg.regression_weight,
+        **gan_settings(cfg.gan), regression_pairs=cfg.regression_pairs, regression_weight=cfg.regression_weight,
         regression_batch_size=cfg.regression_batch_size, fake_cond_dropout=cfg.fake_cond_dropout)
 
 

@@ -24,7 +24,7 @@ from ..diffusion import convert_prediction
 from ..models.base import Cond, Denoiser, cat_conds
 from . import gan
 from .base import Batch, Objective
-from .dmd import DistributionMatching, DMDConfig, make_fake_score, surrogate_loss
+from .dmd import DistributionMatching, DMDConfig, check_time_range, make_fake_score, surrogate_loss
 from .registry import register
 
 
@@ -121,9 +121,10 @@ class DecoupledDMDConfig(DMDConfig):
     @model_validator(mode="after")
     def _checks(self) -> "DecoupledDMDConfig":
         for name in ("ca_time_range", "dm_time_range"):
-            v = getattr(self, name)
-            if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
-                raise ValueError(f"{name} must satisfy 0 <= min < max <= 1, got {v}")
+            if getattr(self, name) is not None:
+                check_time_range(getattr(self, name), name)
+        if self.gan.time_range is not None:
+            raise ValueError("gan.time_range: decoupled DMD's GAN term draws its noise levels from dm_time_range; set that")
         if self.dm_term == "gan" and not self.gan.discriminator_weight:
             raise ValueError("dm_term=gan needs gan.discriminator_weight > 0 (its weight in the generator is dm_weight)")
         if self.dm_term != "gan" and self.gan.generator_weight:

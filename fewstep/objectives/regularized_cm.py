@@ -22,7 +22,7 @@ from ..config import StrictModel
 from ..models.base import Denoiser
 from .adversarial import AdversarialDistillation, DiscriminatorConfig, make_adversarial
 from .base import Batch, Objective, Phase
-from .dmd import DistributionMatching, FakeScoreConfig, GANConfig, make_fake_score
+from .dmd import DistributionMatching, FakeScoreConfig, GANConfig, gan_settings, make_fake_score
 from .generator import FewStepGenerator
 from .registry import register
 from .scm import LOSS_KEYS, ContinuousConsistencyDistillation, SCMConfig, SCMLoss
@@ -119,9 +119,7 @@ def _build_rcm(cfg: RCMConfig, student: Denoiser, teacher: Denoiser) -> Objectiv
     dmd = DistributionMatching(student, teacher, make_fake_score(d, student, teacher),  # type: ignore[arg-type]
                                student_times=d.student_times, guidance_scale=d.guidance_scale, time_range=d.time_range,
                                time_shift=d.time_shift, fake_score_updates=d.fake_score_updates,
-                               backward_simulation=d.backward_simulation,
-                               gan_generator_weight=d.gan.generator_weight,
-                               gan_discriminator_weight=d.gan.discriminator_weight)
+                               backward_simulation=d.backward_simulation, **gan_settings(d.gan))
     return _regularized(cfg, student, teacher, dmd)
 
 

@@ -28,7 +28,7 @@ from ..diffusion import convert_prediction
 from ..models.base import Denoiser
 from . import gan
 from .base import Batch, Objective
-from .dmd import DistributionMatching, GANConfig, MatchingConfig, make_fake_score
+from .dmd import DistributionMatching, GANConfig, MatchingConfig, gan_settings, make_fake_score
 from .fake_score import FakeScore
 from .registry import register
 
@@ -75,7 +75,7 @@ class ScoreIdentityDistillation(DistributionMatching):
         real_x0 = self.teacher.predict(x_t, t, batch.cond, guidance_scale=self.guidance_scale)
         logits = None
         with fake.unwrapped():  # the fake score's weight gradients from this pass are discarded
-            if self.gan_generator_weight:
+            if self.gan_generator_weight and self.gan_time_range is None:
                 raw, logits = fake.forward_with_logits(x_t, t, batch.cond, guidance_scale=self.fake_guidance_scale)
                 fake_x0 = convert_prediction(raw, fake.prediction_type, "sample", x_t, t, fake.path)
             else:
@@ -88,9 +88,10 @@ class ScoreIdentityDistillation(DistributionMatching):
             logs.update({"gan/g_loss": gan_loss.detach(), **gan.logit_logs("gan/g", None, logits)})
         return loss, logs
 
-    def adversarial_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> None:
-        """SiDA's GAN term is part of matching_loss (one shared forward at SiD's x_t)."""
-        return None
+    def adversarial_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
+        """SiDA's GAN term is part of matching_loss (one shared forward at SiD's x_t); with gan.time_range it is
+        DMD2's, at noise levels of its own (not in the SiDA paper)."""
+        return None if self.gan_time_range is None else super().adversarial_loss(x, batch, generator)
 
     def fake_score_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         """Denoising score matching on G's samples with LSG's kappa_1 (and condition dropout, so the
@@ -137,8 +138,7 @@ def _build_sid(cfg: SiDConfig, student: Denoiser, teacher: Denoiser) -> Objectiv
         fake_guidance_scale=cfg.fake_guidance_scale, fake_train_guidance_scale=cfg.fake_train_guidance_scale,
         fake_cond_dropout=cfg.fake_cond_dropout, student_times=cfg.student_times, guidance_scale=cfg.guidance_scale,
         time_range=cfg.time_range, time_shift=cfg.time_shift, fake_score_updates=cfg.fake_score_updates,
-        backward_simulation=cfg.backward_simulation, gan_generator_weight=cfg.gan.generator_weight,
-        gan_discriminator_weight=cfg.gan.discriminator_weight)
+        backward_simulation=cfg.backward_simulation, **gan_settings(cfg.gan))
 
 
 register("sid", SiDConfig, _build_sid)

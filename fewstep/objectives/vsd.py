@@ -22,7 +22,7 @@ from torch import Tensor
 from ..diffusion import expand_like
 from ..models.base import Denoiser
 from .base import Batch, Objective
-from .dmd import DistributionMatching, FakeScoreConfig, MatchingConfig, make_fake_score, surrogate_loss
+from .dmd import DistributionMatching, FakeScoreConfig, MatchingConfig, gan_settings, make_fake_score, surrogate_loss
 from .fake_score import FakeScore
 from .registry import register
 
@@ -90,8 +90,7 @@ def _build_vsd(cfg: VSDConfig, student: Denoiser, teacher: Denoiser) -> Objectiv
         student, teacher, make_fake_score(cfg, student, teacher), guidance_range=cfg.guidance_range,
         weighting=cfg.weighting, student_times=cfg.student_times, guidance_scale=cfg.guidance_scale,
         time_range=cfg.time_range, time_shift=cfg.time_shift, fake_score_updates=cfg.fake_score_updates,
-        backward_simulation=cfg.backward_simulation, gan_generator_weight=cfg.gan.generator_weight,
-        gan_discriminator_weight=cfg.gan.discriminator_weight, fake_cond_dropout=cfg.fake_cond_dropout)
+        backward_simulation=cfg.backward_simulation, **gan_settings(cfg.gan), fake_cond_dropout=cfg.fake_cond_dropout)
 
 
 register("vsd", VSDConfig, _build_vsd)

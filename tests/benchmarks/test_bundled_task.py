@@ -1,5 +1,6 @@
-"""benchmarks/bundled_task.py's merge: a run's methods replace their rows and Inception values, everything else on
-disk (other methods, the teacher, rows another run wrote meanwhile) is kept."""
+"""benchmarks/bundled_task.py's merge: a run's methods replace their rows (in place) and Inception values, everything
+else on disk (other methods, the teacher, rows another run wrote meanwhile) is kept; new methods come last; methods
+whose recipe is gone are dropped."""
 
 import runpy
 from pathlib import Path
@@ -23,14 +24,22 @@ def test_merge_replaces_only_the_run_methods():
     on_disk["rows"].insert(1, {"model": "add", "steps": 1, "fd": 6.1})
     on_disk["training"]["add"] = {"train_steps": 300}
     new = results([("cd", 1, 5.5), ("cd", 2, 4.4)], {"cd": {"train_steps": 700}})
-    out = merged(on_disk, new, ["cd"])
-    assert [(r["model"], r["steps"], r["fd"]) for r in out["rows"]] == [
-        ("add", 1, 6.1), ("sid", 1, 4.0), ("cd", 1, 5.5), ("cd", 2, 4.4), ("teacher (Euler, CFG 1.5)", 32, 0.99)]
+    shipped = {"cd", "add", "sid", "vsd"}
+    out = merged(on_disk, new, ["cd"], shipped)
+    assert [(r["model"], r["steps"], r["fd"]) for r in out["rows"]] == [  # cd's rows stay where they were
+        ("cd", 1, 5.5), ("cd", 2, 4.4), ("add", 1, 6.1), ("sid", 1, 4.0), ("teacher (Euler, CFG 1.5)", 32, 0.99)]
+    first_time = merged(on_disk, results([("vsd", 1, 7.0)], {"vsd": {"train_steps": 300}}), ["vsd"], shipped)
+    assert [r["model"] for r in first_time["rows"]] == ["cd", "add", "sid", "vsd", "teacher (Euler, CFG 1.5)"]
     assert out["training"] == {"add": {"train_steps": 300}, "sid": {"train_steps": 300}, "cd": {"train_steps": 700}}
     # cd was retrained without Inception: its stale value goes, the others stay
     assert out["inception_fid_vs_train"] == {"num_samples": 2048, "values": {"teacher_32step": 76.0, "sid_2step": 100.0}}
 
     with_inception = results([("cd", 4, 2.0)], {"cd": {"train_steps": 700}},
                              {"real_train_images": 3.0, "teacher_32step": 75.0, "cd_4step": 80.0})
-    values = merged(on_disk, with_inception, ["cd"])["inception_fid_vs_train"]["values"]
+    values = merged(on_disk, with_inception, ["cd"], shipped)["inception_fid_vs_train"]["values"]
     assert values == {"teacher_32step": 75.0, "sid_2step": 100.0, "real_train_images": 3.0, "cd_4step": 80.0}
+
+    # sid's recipe was removed: its rows, training time and Inception value go with the next merge
+    out = merged(on_disk, new, ["cd"], shipped - {"sid"})
+    assert [r["model"] for r in out["rows"]] == ["cd", "cd", "add", "teacher (Euler, CFG 1.5)"]
+    assert "sid" not in out["training"] and out["inception_fid_vs_train"]["values"] == {"teacher_32step": 76.0}

@@ -15,6 +15,7 @@ from fewstep.objectives import Batch
 from fewstep.objectives import gan
 from fewstep.objectives.dmd import DistributionMatching, dmd_gradient, pairwise_diversity, surrogate_loss
 from fewstep.objectives.fake_score import FakeScore, build_fake_score
+from fewstep.objectives.sid import ScoreIdentityDistillation
 from fewstep.sampling import sample_ode
 from fewstep.toy import GaussianMixtureDenoiser, ToyStudent, ring_mixture, sliced_wasserstein
 from fewstep.training.trainer import Trainer
@@ -194,6 +195,8 @@ def test_config_errors_name_the_key():
         load_config(ROOT / "configs" / "dmd2_toy.yaml", ["objective.time_range=[0.9,0.1]"])
     with pytest.raises(ConfigError, match="objective.student_times"):
         load_config(ROOT / "configs" / "dmd2_toy.yaml", ["objective.student_times=[0.5,1.0]"])
+    with pytest.raises(ConfigError, match="objective.gan.time_range"):
+        load_config(ROOT / "configs" / "dmd2_toy.yaml", ["objective.gan.time_range=[0.3,1.5]"])
 
 
 @pytest.mark.parametrize("recipe,steps,margin", [("dmd_toy.yaml", 1, 0.5), ("dmd2_toy.yaml", 2, 0.3)])
@@ -215,12 +218,6 @@ def test_dmd_student_beats_teacher_at_equal_steps_on_the_exact_toy(recipe, steps
 def test_gan_head_trains_at_its_own_learning_rate(tmp_path):
     """gan.head_lr_scale: the fake score's optimiser holds the discriminator head as its own group at lr x scale
     (through a warm-up schedule too), the rest of the fake score at lr; every trainable weight is in one group."""
-    from fewstep.build import build_setup
-    from fewstep.config import load_config
-    from fewstep.training.trainer import Trainer
-
-    from .helpers import QUIET, ROOT
-
     config = load_config(ROOT / "configs" / "dmd2_toy.yaml", [f"run.output_dir={tmp_path}", "run.max_steps=3",
                                                                "objective.gan.head_lr_scale=20", *QUIET])
     setup = build_setup(config)
@@ -232,3 +229,47 @@ def test_gan_head_trains_at_its_own_learning_rate(tmp_path):
     assert len(trunk["params"]) + len(head["params"]) == sum(p.requires_grad for p in fake.parameters())
     assert head["lr"] == pytest.approx(20 * trunk["lr"]) and trunk["lr"] > 0
     assert len(trainer.optimizers["student"].param_groups) == 1
+
+
+def test_gan_time_range_is_refused_where_the_gan_term_has_noise_levels_of_its_own():
+    with pytest.raises(ConfigError, match="gan.time_range.*dm_time_range"):
+        load_config(ROOT / "configs" / "dmd_decoupled_toy.yaml", ["objective.gan.time_range=[0.02,0.4]"])
+
+
+@pytest.mark.parametrize("objective_class,gan_range,plain_passes", [
+    (DistributionMatching, None, 1), (DistributionMatching, (0.1, 0.3), 2),
+    (ScoreIdentityDistillation, None, 0), (ScoreIdentityDistillation, (0.1, 0.3), 2)])
+def test_gan_terms_draw_their_own_noise_levels(objective_class, gan_range, plain_passes):
+    """gan.time_range: the discriminator's real and generated logits and the generator's GAN term all come from
+    noise levels inside it (own fake-score forwards); unset, they share the fake score's range, the denoising
+    forward, and for SiDA the SiD term's forward."""
+    teacher, student, fake = toy_parts()
+    fake.add_discriminator()
+    objective = objective_class(student, teacher, fake, gan_generator_weight=0.1, gan_discriminator_weight=1.0,
+                                time_range=(0.5, 0.9), gan_time_range=gan_range)
+    seen = []
+    forward = fake.forward_with_logits
+
+    def recording(x_t, t, *args, **kwargs):
+        seen.append(t.detach().clone())
+        return forward(x_t, t, *args, **kwargs)
+
+    fake.forward_with_logits = recording
+    every_forward = []
+    plain_forward = fake.forward
+    fake.forward = lambda x_t, t, *args: every_forward.append(t.detach().clone()) or plain_forward(x_t, t, *args)
+    batch = Batch(x0=torch.randn(64, 2, generator=torch.Generator().manual_seed(0)), cond=None)
+    g = torch.Generator().manual_seed(1)
+    _, logs = objective.fake_score_loss(batch, g)
+    assert "gan/d_loss" in logs
+    _, logs = objective.generator_loss(batch, g)
+    assert "gan/g_loss" in logs
+    lo, hi = gan_range or (0.5, 0.9)
+    assert len(seen) == 3  # D on generated samples (its own pass, or the denoising one), D on real ones, G term
+    for t in seen:
+        assert t.min() >= lo - 1e-6 and t.max() <= hi + 1e-6 and t.max() - t.min() > 0.1 * (hi - lo)
+    denoising_times = [t for t in every_forward if not any(t is s or torch.equal(t, s) for s in seen)]
+    # passes without logits (the DMD / SiD term's, the denoising one) stay on the fake score's own range
+    assert len(denoising_times) == plain_passes
+    assert all(t.min() >= 0.5 - 1e-6 for t in denoising_times)
+
