@@ -16,8 +16,9 @@ from fewstep.training.trainer import Trainer
 from .helpers import QUIET, ROOT
 
 
-def train_and_score(recipe: str, tmp_path: Path, steps: tuple[int, ...]) -> tuple[dict[int, float], dict[int, float]]:
-    config = load_config(ROOT / "configs" / recipe, [f"run.output_dir={tmp_path}", *QUIET])
+def train_and_score(recipe: str, tmp_path: Path, steps: tuple[int, ...], seed: int = 0
+                    ) -> tuple[dict[int, float], dict[int, float]]:
+    config = load_config(ROOT / "configs" / recipe, [f"run.output_dir={tmp_path}", f"run.seed={seed}", *QUIET])
     setup = build_setup(config)
     Trainer(setup.objective, setup.data, config.run, config.optimizers).fit()
     noise = torch.randn(1500, 2, generator=torch.Generator().manual_seed(0))
@@ -29,10 +30,14 @@ def train_and_score(recipe: str, tmp_path: Path, steps: tuple[int, ...]) -> tupl
 
 
 @pytest.mark.parametrize("recipe", ["add_toy.yaml", "ladd_toy.yaml", "sid_toy.yaml", "sida_toy.yaml", "vsd_toy.yaml"])
-def test_one_step_student_beats_the_teacher(recipe, tmp_path):
-    """Measured at these seeds: student / teacher SW ~0.3-0.55; asserted below 0.6."""
-    student, teacher = train_and_score(recipe, tmp_path, (1,))
-    assert student[1] < 0.6 * teacher[1], (student, teacher)
+def test_one_step_student_beats_the_teacher_across_seeds(recipe, tmp_path):
+    """Three run seeds: the median student / teacher SW is below 0.6 (measured 0.2-0.45) and no seed is worse than
+    the teacher (a recipe that diverges at some seeds, as SiD at student lr 3e-4 did, fails here)."""
+    ratios = []
+    for seed in (0, 1, 2):
+        student, teacher = train_and_score(recipe, tmp_path / str(seed), (1,), seed)
+        ratios.append(student[1] / teacher[1])
+    assert sorted(ratios)[1] < 0.6 and max(ratios) < 1.0, ratios
 
 
 def test_regularised_consistency_beats_the_teacher_and_rcm_is_no_worse_than_scm(tmp_path):
