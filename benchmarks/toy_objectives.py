@@ -13,6 +13,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ RECIPES = ["cd", "mcm", "scm", "rcm", "scm_ladd", "dmd", "dmd2", "dmd_phased", "
 STEPS = (1, 2, 4)
 
 
-def evaluate(recipe: str, seed: int, overrides: list[str] = ()) -> dict[str, object]:
+def evaluate(recipe: str, seed: int, overrides: Sequence[str] = ()) -> dict[str, object]:
     """Train configs/<recipe>_toy.yaml (+ key=value overrides) at run.seed=seed; SW of its samples (None where it
     has no such sampler)."""
     with tempfile.TemporaryDirectory() as out:
