@@ -39,6 +39,10 @@ class RunConfig(StrictModel):
     gradient_checkpointing: bool = False
     max_grad_norm: float | None = 1.0
     ema_decay: float | None = None  # evaluation EMA of the student's trainable weights
+    # stop when a generator's logged sample diversity (mean pairwise L2 per sqrt(dim)) passes this x its first
+    # logged value, or x 1 (unit-variance data's spread) when that was smaller: samples spreading without bound
+    # while the loss stays finite; None: off
+    max_diversity_growth: float | None = 10.0
     trackers: list[Literal["tensorboard"]] = ["tensorboard"]
     find_unused_parameters: bool = False
     attention_backend: Literal["sdpa", "fewstep", "xformers"] = "sdpa"

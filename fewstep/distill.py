@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .build import build_setup
-    from .training.trainer import NonFiniteError, Trainer, make_accelerator
+    from .training.trainer import DivergenceError, Trainer, make_accelerator
 
     try:
         config = load_config(args.config, args.overrides)
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(setup.objective, setup.data, config.run, config.optimizers, config.to_dict(), accelerator)
     try:
         trainer.fit(resume=args.resume)
-    except NonFiniteError as err:
+    except DivergenceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except FileNotFoundError as err:

@@ -31,8 +31,16 @@ from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .visualize import plot_loss_curves, save_samples
 
 
-class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN/Inf; the run stopped and the last good checkpoint is kept."""
+class DivergenceError(RuntimeError):
+    """The run diverged and stopped; the checkpoints written before are kept."""
+
+
+class NonFiniteError(DivergenceError):
+    """A loss or gradient became NaN/Inf."""
+
+
+class RunawayError(DivergenceError):
+    """The generator's samples spread past run.max_sample_diversity while every value stayed finite."""
 
 
 class BatchSource(Protocol):
@@ -77,6 +85,7 @@ class Trainer:
         self.ema = self._build_ema()
         self.step = 0
         self.last_checkpoint: Path | None = None
+        self.first_diversity: float | None = None  # the runaway guard's reference (run.max_diversity_growth)
         self._diagnostic_batch: Batch | None = None
         self.history: list[dict[str, float]] = []
         if self.accelerator.is_main_process:
@@ -140,6 +149,8 @@ class Trainer:
             for name, ema in self.ema.items():
                 ema.step([p for p in self.networks[name].parameters() if p.requires_grad])
             row = {k: float(v) for k, v in logs.items()}
+            if "diversity" in row:
+                self._check_spread(row["diversity"])
             row.update({f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()})
             row["time/step_seconds"] = time.perf_counter() - step_started  # float(v) above waited for the device
             if acc.device.type == "cuda":
@@ -199,10 +210,32 @@ class Trainer:
     def _check_finite(self, phase: str, values: dict[str, torch.Tensor]) -> None:
         bad = {k: float(v) for k, v in values.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())}
         if bad:
-            where = str(self.last_checkpoint) if self.last_checkpoint else "none yet (no checkpoint was written)"
-            raise NonFiniteError(
-                f"non-finite values at step {self.step + 1}, phase '{phase}': {bad}. Training stopped; "
-                f"last good checkpoint: {where} (continue with --resume latest). Hint: {self.objective.divergence_hint}")
+            raise NonFiniteError(f"non-finite values at step {self.step + 1}, phase '{phase}': {bad}. Training stopped; "
+                                 f"{self._checkpoint_note().replace('last', 'last good', 1)}. "
+                                 f"Hint: {self.objective.divergence_hint}")
+
+    def _check_spread(self, diversity: float) -> None:
+        growth = self.run.max_diversity_growth
+        if growth is None:
+            return
+        if self.accelerator.num_processes > 1:  # every rank takes the same decision
+            diversity = float(self.accelerator.reduce(torch.tensor(diversity, device=self.accelerator.device), "mean"))
+        if self.first_diversity is None:
+            self.first_diversity = diversity
+        # a generator that starts collapsed (the data mean) legitimately grows from ~0 to the data's spread (~1)
+        limit = growth * max(1.0, self.first_diversity)
+        if diversity > limit:
+            raise RunawayError(
+                f"sample diversity {diversity:.4g} at step {self.step} passed run.max_diversity_growth={growth} x "
+                f"max(1, its first value {self.first_diversity:.4g}): the generator's samples are spreading without "
+                f"bound (the loss can stay finite while they do). Training stopped; {self._checkpoint_note()}; the "
+                f"diversity of every step is in {self.run_dir / 'metrics.jsonl'}. Hint: "
+                f"{self.objective.divergence_hint}; or raise run.max_diversity_growth")
+
+    def _checkpoint_note(self) -> str:
+        if self.last_checkpoint is None:
+            return "last checkpoint: none yet (no checkpoint was written)"
+        return f"last checkpoint: {self.last_checkpoint} (continue with --resume latest)"
 
     def _record(self, row: dict[str, float]) -> None:
         row = {"step": self.step, **row}
@@ -259,7 +292,8 @@ class Trainer:
             tensors[f"ema_{name}"] = {str(i): p for i, p in enumerate(ema.shadow_params)}
             ema_meta[name] = {"optimization_step": ema.optimization_step, "decay": ema.decay}
         trainer_state = {"step": self.step, "ema": ema_meta, "seed": self.run.seed,
-                         "world_size": self.accelerator.num_processes, "networks": list(self.prepared)}
+                         "world_size": self.accelerator.num_processes, "networks": list(self.prepared),
+                         "first_diversity": self.first_diversity}
         self.last_checkpoint = save_checkpoint(self.accelerator, self.run_dir, self.step, trainer_state, tensors,
                                                self.data.state_dict(), self.run.keep_checkpoints)
         return self.last_checkpoint
@@ -271,6 +305,7 @@ class Trainer:
             self.accelerator.print(f"warning: resuming a {trainer_state['world_size']}-process run with "
                                    f"{self.accelerator.num_processes} processes; data positions restart per rank")
         self.step = int(trainer_state["step"])
+        self.first_diversity = trainer_state.get("first_diversity")
         self.objective.load_extra_state({k: v.to(self.accelerator.device) for k, v in tensors.get("objective_state", {}).items()})
         for name, ema in self.ema.items():
             saved = tensors.get(f"ema_{name}")

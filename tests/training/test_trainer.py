@@ -9,7 +9,7 @@ from torch import nn
 from fewstep.config import OptimizerConfig, RunConfig
 from fewstep.objectives.base import Batch, Objective, Phase
 from fewstep.training import checkpoint as ckpt
-from fewstep.training.trainer import NonFiniteError, Trainer
+from fewstep.training.trainer import NonFiniteError, RunawayError, Trainer
 
 
 class FixedBatches:
@@ -132,6 +132,35 @@ def test_nan_stops_with_context_and_keeps_last_good_checkpoint(tmp_path):
     good = tmp_path / "checkpoints" / "step-00000002"
     assert (tmp_path / "checkpoints" / "latest").read_text() == good.name
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-00000002"]
+
+
+class Spreading(Regression):
+    """Logs a sample diversity that doubles every call: samples spreading without bound, every value finite."""
+
+    def loss(self, phase, batch, generator):
+        loss, logs = super().loss(phase, batch, generator)
+        return loss, {**logs, "diversity": torch.tensor(0.5 * 2.0 ** self.calls)}
+
+
+def test_runaway_samples_stop_the_run_before_the_bad_step_is_saved(tmp_path):
+    """diversity 1, 2, 4, 8, 16: the limit 10 is passed at step 5, after the checkpoint of step 4."""
+    run = make_run(tmp_path, max_steps=10, checkpoint_every=2, keep_checkpoints=5)
+    with pytest.raises(RunawayError) as err:
+        Trainer(Spreading(), FixedBatches(torch.randn(64, 4), 8), run, sgd_like()).fit()
+    message = str(err.value)
+    assert "diversity 16 at step 5" in message and "max_diversity_growth=10" in message
+    assert "step-00000004" in message and "--resume latest" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000004"]
+    resumed = Spreading()
+    resumed.calls = 4  # continues at diversity 16: judged against the checkpoint's first value 1, not its own
+    with pytest.raises(RunawayError, match="diversity 16 at step 5"):
+        Trainer(resumed, FixedBatches(torch.randn(64, 4), 8), run, sgd_like()).fit(resume="latest")
+    Trainer(Spreading(), FixedBatches(torch.randn(64, 4), 8),  # off: the same run trains to the end
+            make_run(tmp_path / "off", max_steps=10, max_diversity_growth=None), sgd_like()).fit()
+    started_collapsed = Spreading()
+    started_collapsed.calls = -8  # diversity 1/512 growing to 8: a generator leaving the data mean, not a runaway
+    Trainer(started_collapsed, FixedBatches(torch.randn(64, 4), 8), make_run(tmp_path / "collapsed", max_steps=12),
+            sgd_like()).fit()
 
 
 def test_crash_during_save_leaves_last_good_checkpoint(tmp_path, monkeypatch):
