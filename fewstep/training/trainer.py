@@ -40,7 +40,7 @@ class NonFiniteError(DivergenceError):
 
 
 class RunawayError(DivergenceError):
-    """The generator's samples spread past run.max_sample_diversity while every value stayed finite."""
+    """The generator's sample diversity grew past run.max_diversity_growth while every value stayed finite."""
 
 
 class BatchSource(Protocol):
@@ -150,7 +150,7 @@ class Trainer:
                 ema.step([p for p in self.networks[name].parameters() if p.requires_grad])
             row = {k: float(v) for k, v in logs.items()}
             if "diversity" in row:
-                self._check_spread(row["diversity"])
+                self._check_runaway(row["diversity"])
             row.update({f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()})
             row["time/step_seconds"] = time.perf_counter() - step_started  # float(v) above waited for the device
             if acc.device.type == "cuda":
@@ -211,10 +211,10 @@ class Trainer:
         bad = {k: float(v) for k, v in values.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())}
         if bad:
             raise NonFiniteError(f"non-finite values at step {self.step + 1}, phase '{phase}': {bad}. Training stopped; "
-                                 f"{self._checkpoint_note().replace('last', 'last good', 1)}. "
+                                 f"{self._checkpoint_note('last good checkpoint')}. "
                                  f"Hint: {self.objective.divergence_hint}")
 
-    def _check_spread(self, diversity: float) -> None:
+    def _check_runaway(self, diversity: float) -> None:
         growth = self.run.max_diversity_growth
         if growth is None:
             return
@@ -228,14 +228,14 @@ class Trainer:
             raise RunawayError(
                 f"sample diversity {diversity:.4g} at step {self.step} passed run.max_diversity_growth={growth} x "
                 f"max(1, its first value {self.first_diversity:.4g}): the generator's samples are spreading without "
-                f"bound (the loss can stay finite while they do). Training stopped; {self._checkpoint_note()}; the "
+                f"bound (the loss can stay finite while they do). Training stopped; {self._checkpoint_note('last checkpoint')}; the "
                 f"diversity of every step is in {self.run_dir / 'metrics.jsonl'}. Hint: "
                 f"{self.objective.divergence_hint}; or raise run.max_diversity_growth")
 
-    def _checkpoint_note(self) -> str:
+    def _checkpoint_note(self, label: str) -> str:
         if self.last_checkpoint is None:
-            return "last checkpoint: none yet (no checkpoint was written)"
-        return f"last checkpoint: {self.last_checkpoint} (continue with --resume latest)"
+            return f"{label}: none yet (no checkpoint was written)"
+        return f"{label}: {self.last_checkpoint} (continue with --resume latest)"
 
     def _record(self, row: dict[str, float]) -> None:
         row = {"step": self.step, **row}
