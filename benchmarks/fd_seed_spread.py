@@ -1,0 +1,84 @@
+"""How much of a bundled-task FD cell is the evaluation's own noise: FD of the teacher and of saved students over
+several noise seeds, each seed shared by every model (paired), 1000 samples as in benchmarks/bundled_task.py
+(which uses the first seed, 2024, only).
+
+    python benchmarks/fd_seed_spread.py runs/sid_batch64_animal_mnist runs/sida2_longest_animal_mnist
+    python benchmarks/fd_seed_spread.py RUN --seeds 2024,7,8,9 --teacher-steps 32 --student-steps 1
+
+Per model: FD per seed, mean and sample std; per student: its FD minus the teacher's on the same seed (mean, std,
+and on how many seeds the student is at or below the teacher). Writes benchmarks/results/fd_seed_spread.json and
+a table, fd_seed_spread.md.
+Costly part: the teacher at 32 Euler steps with CFG, about 1.5 minutes per seed on 2 CPU threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, write_result  # noqa: E402
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="student run directories (config.yaml + checkpoints/)")
+    parser.add_argument("--seeds", default="2024,7,8,9", help="noise seeds; 2024 is bundled_task.py's")
+    parser.add_argument("--num-eval", type=int, default=1000)
+    parser.add_argument("--teacher-steps", type=int, default=32)
+    parser.add_argument("--student-steps", type=int, default=1)
+    parser.add_argument("--guidance", type=float, default=1.5, help="the teacher's CFG (the bundled recipes' 1.5)")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) < 2:
+        parser.error("--seeds: give at least two seeds, or there is no spread to measure")
+
+    from fewstep.evaluation.animal_mnist import fd_to_test, generate, teacher_samples
+    from fewstep.runs import load_run
+
+    students = {Path(run).name.removesuffix("_animal_mnist"): load_run(run) for run in args.runs}
+    first, guidance = next(iter(students.values())), args.guidance
+    teacher_key = f"teacher_{args.teacher_steps}step"
+    fd: dict[str, list[float]] = {teacher_key: [], **{f"{name}_{args.student_steps}step": [] for name in students}}
+    for seed in seeds:
+        fd[teacher_key].append(fd_to_test(teacher_samples(first.teacher, args.teacher_steps, guidance,
+                                                          args.num_eval, seed=seed)))
+        for name, setup in students.items():
+            gen = torch.Generator().manual_seed(7)  # as bundled_task.py: only multistep sampling draws from it
+            x = generate(lambda z, c: setup.objective.sample(z, args.student_steps, c, gen), args.num_eval, seed=seed)
+            fd[f"{name}_{args.student_steps}step"].append(fd_to_test(x))
+        print(seed, {k: round(v[-1], 4) for k, v in fd.items()}, flush=True)
+    models = {key: {"per_seed": values, **spread(values)} for key, values in fd.items()}
+    for key, values in fd.items():
+        if key != teacher_key:
+            gaps = [s - t for s, t in zip(values, fd[teacher_key])]
+            models[key]["minus_teacher"] = {**spread(gaps), "seeds_at_or_below": sum(g <= 0 for g in gaps)}
+    path = write_result("fd_seed_spread", {
+        "metric": "FD, bundled classifier features, vs test split", "num_eval": args.num_eval, "seeds": seeds,
+        "teacher_sampler": f"Euler on an even time grid, CFG {guidance}", "student_weights": "final (not the EMA)",
+        "runs": {Path(run).name.removesuffix("_animal_mnist"): str(run) for run in args.runs}, "models": models})
+    write_table(json.loads(path.read_text()))
+
+
+def write_table(payload: dict) -> None:
+    seeds = payload["seeds"]
+    lines = ["| model (steps) | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | minus teacher | "
+             "seeds <= teacher |", "|---|" + "---|" * (len(seeds) + 3)]
+    for key, m in payload["models"].items():
+        gap = m.get("minus_teacher")
+        lines.append(f"| {key} | " + " | ".join(f"{v:.3f}" for v in m["per_seed"]) + f" | {m['mean']:.3f} ± {m['std']:.3f} | "
+                     + (f"{gap['mean']:+.3f} ± {gap['std']:.3f} | {gap['seeds_at_or_below']}/{len(seeds)} |" if gap else " | |"))
+    (RESULTS / "fd_seed_spread.md").write_text("\n".join(lines) + f"\n\n{payload['num_eval']} samples per cell.\n")
+
+
+if __name__ == "__main__":
+    main()

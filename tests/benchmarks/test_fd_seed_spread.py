@@ -1,0 +1,45 @@
+"""benchmarks/fd_seed_spread.py end to end on a 2-step SiD run of the bundled task: one FD per seed and model, the
+same seed giving the same FD as bundled_task.py's generate-then-fd_to_test, mean/std as numpy's, paired gaps."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewstep import distill
+from fewstep.evaluation.animal_mnist import fd_to_test, generate, teacher_samples
+from fewstep.runs import load_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_seed_spread_is_paired_and_matches_a_direct_evaluation(tmp_path, monkeypatch):
+    run = tmp_path / "sid_tiny"
+    assert distill.main(["--config", str(ROOT / "configs" / "sid_animal_mnist.yaml"), f"run.output_dir={run}",
+                         "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=2",
+                         "run.num_samples=0", "data.batch_size=4"]) == 0
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spread_module = importlib.import_module("fd_seed_spread")
+    common = sys.modules["common"]
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(spread_module, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["fd_seed_spread.py", str(run), "--seeds", "3,4,5", "--num-eval", "60",
+                                      "--teacher-steps", "2"])
+    spread_module.main()
+    out = json.loads((tmp_path / "results" / "fd_seed_spread.json").read_text())
+    teacher, student = out["models"]["teacher_2step"], out["models"]["sid_tiny_1step"]
+    setup = load_run(run)
+    direct = fd_to_test(generate(lambda z, c: setup.objective.sample(z, 1, c, torch.Generator().manual_seed(7)),
+                                 60, seed=4))
+    assert abs(student["per_seed"][1] - direct) < 1e-9
+    assert abs(teacher["per_seed"][0] - fd_to_test(teacher_samples(setup.teacher, 2, 1.5, 60, seed=3))) < 1e-9
+    assert len(set(student["per_seed"])) == 3  # each seed draws other noise
+    assert np.isclose(student["std"], np.std(student["per_seed"], ddof=1))
+    gaps = np.subtract(student["per_seed"], teacher["per_seed"])
+    assert np.isclose(student["minus_teacher"]["mean"], gaps.mean())
+    assert student["minus_teacher"]["seeds_at_or_below"] == int((gaps <= 0).sum())
+    table = (tmp_path / "results" / "fd_seed_spread.md").read_text()
+    assert "| sid_tiny_1step | " in table and f"{student['mean']:.3f} ± {student['std']:.3f}" in table
