@@ -76,7 +76,7 @@ def write_table(payload: dict) -> None:
     for key, m in payload["models"].items():
         gap = m.get("minus_teacher")
         lines.append(f"| {key} | " + " | ".join(f"{v:.3f}" for v in m["per_seed"]) + f" | {m['mean']:.3f} ± {m['std']:.3f} | "
-                     + (f"{gap['mean']:+.3f} ± {gap['std']:.3f} | {gap['seeds_at_or_below']}/{len(seeds)} |" if gap else " | |"))
+                     + (f"{gap['mean']:+.3f} ± {gap['std']:.3f} | {gap['seeds_at_or_below']}/{len(seeds)} |" if gap else "  |  |"))
     (RESULTS / "fd_seed_spread.md").write_text("\n".join(lines) + f"\n\n{payload['num_eval']} samples per cell.\n")
 
 
