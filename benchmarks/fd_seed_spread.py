@@ -8,7 +8,7 @@ several noise seeds, each seed shared by every model (paired), 1000 samples as i
 Per model: FD per seed, mean and sample std; per student: its FD minus the teacher's on the same seed (mean, std,
 and on how many seeds the student is at or below the teacher). Writes benchmarks/results/fd_seed_spread.json and
 a table, fd_seed_spread.md.
-Costly part: the teacher at 32 Euler steps with CFG, about 1.5 minutes per seed on 2 CPU threads.
+The teacher's 32 Euler steps with CFG take most of the time.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_result  # noqa: E402
+
+
+def label(run: str) -> str:
+    """A run directory's name without the bundled task's suffix: runs/sid_long_animal_mnist -> sid_long."""
+    return Path(run).name.removesuffix("_animal_mnist")
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -45,7 +50,7 @@ def main() -> None:
     from fewstep.evaluation.animal_mnist import fd_to_test, generate, teacher_samples
     from fewstep.runs import load_run
 
-    students = {Path(run).name.removesuffix("_animal_mnist"): load_run(run) for run in args.runs}
+    students = {label(run): load_run(run) for run in args.runs}
     first, guidance = next(iter(students.values())), args.guidance
     teacher_key = f"teacher_{args.teacher_steps}step"
     fd: dict[str, list[float]] = {teacher_key: [], **{f"{name}_{args.student_steps}step": [] for name in students}}
@@ -65,7 +70,7 @@ def main() -> None:
     path = write_result("fd_seed_spread", {
         "metric": "FD, bundled classifier features, vs test split", "num_eval": args.num_eval, "seeds": seeds,
         "teacher_sampler": f"Euler on an even time grid, CFG {guidance}", "student_weights": "final (not the EMA)",
-        "runs": {Path(run).name.removesuffix("_animal_mnist"): str(run) for run in args.runs}, "models": models})
+        "runs": {label(run): str(run) for run in args.runs}, "models": models})
     write_table(json.loads(path.read_text()))
 
 
