@@ -9,7 +9,8 @@ budget and measure FD (bundled classifier features, vs the held-out test split) 
                                                             #   results (same num-eval; teacher rows kept)
     python benchmarks/bundled_task.py --from-runs --methods sid,dmd2 --inception 2048
                                                             # no training: re-evaluate the students saved under
-                                                            #   --out by earlier runs (FD rows, + Inception FID),
+                                                            #   --out by earlier runs, or at each recipe's own
+                                                            #   run.output_dir (FD rows, + Inception FID),
                                                             #   merged into the results like --merge
 
 Writes benchmarks/results/bundled_task.json, bundled_task.md and bundled_task.png.
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, run_label, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_STEPS = (1, 2, 4, 8, 16, 32)
@@ -81,17 +82,28 @@ def source_run(init: str, out_root: Path, method: str) -> Path:
     raise SystemExit(f"{method}: student.init {init} is not the run.output_dir of a configs/*_animal_mnist.yaml recipe")
 
 
+def saved_run(method: str, out_root: Path) -> Path:
+    """Where an earlier run saved a method's student: under out_root (this script's runs), else at the recipe's own
+    run.output_dir (where `fewstep distill --config configs/<method>_animal_mnist.yaml` writes)."""
+    from fewstep.config import load_config
+
+    recipe = REPO / "configs" / f"{method}_animal_mnist.yaml"
+    candidates = [out_root / method] + ([REPO / load_config(recipe).run.output_dir] if recipe.is_file() else [])
+    for run_dir in candidates:
+        if (run_dir / "config.yaml").is_file():
+            return run_dir
+    raise SystemExit(f"no saved run for {method} at {' or '.join(map(str, candidates))}: run `python benchmarks/"
+                     f"bundled_task.py --methods {method} --merge` first")
+
+
 def reload(method: str, out_root: Path):
-    """A student saved by an earlier run of this script: (setup, config, training seconds or None)."""
+    """A student saved by an earlier run: (setup, config, training seconds or None)."""
     import yaml
 
     from fewstep.config import build_config
     from fewstep.runs import load_run
 
-    run_dir = out_root / method
-    if not (run_dir / "config.yaml").is_file():
-        raise SystemExit(f"no saved run for {method} under {out_root}: run `python benchmarks/bundled_task.py "
-                         f"--methods {method} --merge` first")
+    run_dir = saved_run(method, out_root)
     config = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     seconds = sum(r["time/step_seconds"] for r in rows) if all("time/step_seconds" in r for r in rows) else None
@@ -119,7 +131,8 @@ def main() -> None:
                         help="keep the other methods' rows and the teacher's (FD and Inception) from "
                              "benchmarks/results/bundled_task.json")
     parser.add_argument("--from-runs", action="store_true",
-                        help="no training: evaluate the methods' final students saved under --out (implies --merge)")
+                        help="no training: evaluate the methods' final students saved under --out or at their recipes' "
+                             "run.output_dir (implies --merge)")
     args = parser.parse_args()
     merge = args.merge or args.from_runs
     methods = [m for m in args.methods.split(",") if m]
@@ -144,7 +157,7 @@ def main() -> None:
             setup, config, seconds = distil(method, args.train_steps, Path(args.out))
         times[method] = {"train_seconds": seconds, "train_steps": config.run.max_steps}
         if config.student.init != "teacher":  # its budget adds to that run's
-            times[method]["started_from"] = Path(config.student.init).name
+            times[method]["started_from"] = run_label(config.student.init)
         if teacher is None:
             teacher, guidance = setup.teacher, config.objective.guidance_scale
         setup.student.eval()

@@ -38,6 +38,11 @@ def environment() -> dict[str, Any]:
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
 
 
+def run_label(run: str | Path) -> str:
+    """A run directory's name without the bundled task's suffix: runs/sid_long_animal_mnist -> sid_long."""
+    return Path(run).name.removesuffix("_animal_mnist")
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -22,12 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result  # noqa: E402
-
-
-def label(run: str) -> str:
-    """A run directory's name without the bundled task's suffix: runs/sid_long_animal_mnist -> sid_long."""
-    return Path(run).name.removesuffix("_animal_mnist")
+from common import RESULTS, run_label, write_result  # noqa: E402
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -50,7 +45,7 @@ def main() -> None:
     from fewstep.evaluation.animal_mnist import fd_to_test, generate, teacher_samples
     from fewstep.runs import load_run
 
-    students = {label(run): load_run(run) for run in args.runs}
+    students = {run_label(run): load_run(run) for run in args.runs}
     first, guidance = next(iter(students.values())), args.guidance
     teacher_key = f"teacher_{args.teacher_steps}step"
     fd: dict[str, list[float]] = {teacher_key: [], **{f"{name}_{args.student_steps}step": [] for name in students}}
@@ -70,7 +65,7 @@ def main() -> None:
     path = write_result("fd_seed_spread", {
         "metric": "FD, bundled classifier features, vs test split", "num_eval": args.num_eval, "seeds": seeds,
         "teacher_sampler": f"Euler on an even time grid, CFG {guidance}", "student_weights": "final (not the EMA)",
-        "runs": {label(run): str(run) for run in args.runs}, "models": models})
+        "runs": {run_label(run): str(run) for run in args.runs}, "models": models})
     write_table(json.loads(path.read_text()))
 
 

@@ -5,6 +5,8 @@ whose recipe is gone are dropped."""
 import runpy
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,3 +45,31 @@ def test_merge_replaces_only_the_run_methods():
     out = merged(on_disk, new, ["cd"], shipped - {"sid"})
     assert [r["model"] for r in out["rows"]] == ["cd", "cd", "add", "teacher (Euler, CFG 1.5)"]
     assert "sid" not in out["training"] and out["inception_fid_vs_train"]["values"] == {"teacher_32step": 76.0}
+
+
+def test_saved_run_prefers_the_benchmark_run_then_the_recipe_output_dir(tmp_path, monkeypatch):
+    namespace = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")
+    saved_run = namespace["saved_run"]
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "configs" / "sid_animal_mnist.yaml").write_text(
+        (ROOT / "configs" / "sid_animal_mnist.yaml").read_text())  # run.output_dir: runs/sid_animal_mnist
+    monkeypatch.setitem(saved_run.__globals__, "REPO", repo)
+    out_root = tmp_path / "bench"
+    with pytest.raises(SystemExit) as err:  # neither exists: the message names both places and the fix
+        saved_run("sid", out_root)
+    assert str(out_root / "sid") in str(err.value) and "runs/sid_animal_mnist" in str(err.value)
+    assert "--merge" in str(err.value)
+    recipe_run = repo / "runs" / "sid_animal_mnist"
+    recipe_run.mkdir(parents=True)
+    (recipe_run / "config.yaml").write_text("{}")
+    assert saved_run("sid", out_root) == recipe_run  # `fewstep distill --config` wrote it there
+    (out_root / "sid").mkdir(parents=True)
+    (out_root / "sid" / "config.yaml").write_text("{}")
+    assert saved_run("sid", out_root) == out_root / "sid"  # this script's own run wins
+
+
+def test_run_label_drops_the_bundled_task_suffix():
+    run_label = runpy.run_path(str(ROOT / "benchmarks" / "common.py"))["run_label"]
+    assert run_label("runs/sid_long_animal_mnist") == "sid_long"
+    assert run_label(Path("runs/bundled_task/sid_long")) == "sid_long"
