@@ -282,16 +282,19 @@ def write_table_and_plot(payload: dict) -> None:
         values = inception["values"]
         lines += [f"| {k} | {values[k]:.2f} |" for k in sorted(values, key=lambda k: rank.get(inception_subject(k), len(rank)))]
     (RESULTS / "bundled_task.md").write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for m in models:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colours, markers = plt.get_cmap("tab20").colors, "osD^v<>P"
+    for i, m in enumerate(models):  # (colour, marker) repeats only after 40 lines; the teacher in black
         pts = sorted((s, v) for (mm, s), v in table.items() if mm == m)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+        look = ({"color": "black", "marker": "o", "lw": 2.5} if m.startswith("teacher")
+                else {"color": colours[i % 20], "marker": markers[i % 8]})
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, ms=5, **look)
     ax.axhline(ref["train_vs_test"], color="gray", ls="--", label="real data (floor)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sampling steps")
     ax.set_ylabel("FD (classifier features)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not over the lines
     fig.savefig(RESULTS / "bundled_task.png", dpi=120, bbox_inches="tight")
     print(json.dumps({"table": str(RESULTS / "bundled_task.md")}))
 
