@@ -1,6 +1,7 @@
 """Typed, validated run configuration: YAML recipe + `key=value` overrides.
 
-Sections: run, model, student, objective, optimizers, data. Objective and data sections are
+Sections: run, model, student, objective, optimizers, data. A recipe may name a `base:` recipe (a path relative to
+itself) and hold only what differs: sections merge key by key, anything else replaces. Objective and data sections are
 validated by the model registered for their `name` / `kind`, so each family keeps its own
 hyper-parameters next to its code. Every mistake becomes one ConfigError line naming the key
 and what is allowed.
@@ -231,13 +232,33 @@ def build_config(raw: dict[str, Any]) -> Config:
     return config
 
 
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file's mapping with its `base:` chain merged in (the file's own keys win)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: no config file at {path}; see configs/ for recipes")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config error: {path} must hold a mapping of sections (run, model, objective, ...)")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"config error: {path}: base must be a recipe path, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve(), base_path))
+        raise ConfigError(f"config error: {path}: base recipes form a cycle ({chain}); remove one base: key")
+    return _merged(read_recipe(base_path, (*_seen, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in own.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config error: no config file at {path}; see configs/ for recipes")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config error: {path} must hold a mapping of sections (run, model, objective, ...)")
+    raw = read_recipe(path) if path is not None else {}
     return build_config(apply_overrides(raw, overrides or []))

@@ -67,3 +67,39 @@ def test_help_commands():
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_recipe_validates(recipe):
     load_config(ROOT / "configs" / recipe)
+
+
+def test_base_recipe_merges_section_by_section_and_the_file_wins(tmp_path):
+    (tmp_path / "parent.yaml").write_text(RECIPE.read_text())
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nrun: {max_steps: 7}\nobjective: {guidance_range: [1, 3]}\n")
+    parent, child = load_config(tmp_path / "parent.yaml").to_dict(), load_config(tmp_path / "child.yaml").to_dict()
+    assert child["run"]["max_steps"] == 7 and parent["run"]["max_steps"] != 7
+    assert child["objective"]["guidance_range"] == [1.0, 3.0]
+    # everything the child does not name is the parent's, nested keys included
+    for section in ("model", "data", "optimizers", "student"):
+        assert child[section] == parent[section]
+    assert {k: v for k, v in child["run"].items() if k != "max_steps"} == \
+        {k: v for k, v in parent["run"].items() if k != "max_steps"}
+    assert child["objective"]["name"] == parent["objective"]["name"]
+    assert load_config(tmp_path / "child.yaml", ["run.max_steps=9"]).run.max_steps == 9  # overrides still on top
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "base recipes form a cycle"),
+    ({"a.yaml": "base: a.yaml\n"}, "base recipes form a cycle"),
+    ({"a.yaml": "base: missing.yaml\n"}, "no config file at"),
+    ({"a.yaml": "base: [b.yaml]\n"}, "base must be a recipe path"),
+])
+def test_bad_base_is_one_clear_error(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "a.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_chained_recipes_resolve_to_their_parent_plus_their_own_keys():
+    long, longer = (load_config(ROOT / "configs" / f"dmd_{n}_animal_mnist.yaml").to_dict() for n in ("long", "longer"))
+    assert longer["student"]["init"] == long["run"]["output_dir"]
+    assert longer["run"]["max_steps"] == 1500 and long["run"]["max_steps"] == 3000
+    assert longer["objective"] == long["objective"] and longer["optimizers"] == long["optimizers"]

@@ -13,8 +13,8 @@ import argparse
 from typing import Any
 
 import torch
-import yaml
 
+from ..config import read_recipe
 from .cached_latents import CachedLatentDataset
 from .config import DataConfig
 from .latent_cache import PromptEncoder, cache_dataset
@@ -55,8 +55,7 @@ def data_config_from_args(args: argparse.Namespace) -> DataConfig:
     """The data section: --config's, with any --data-* flags on top."""
     raw: dict[str, Any] = {}
     if args.config:
-        with open(args.config, encoding="utf-8") as handle:
-            raw = dict((yaml.safe_load(handle) or {}).get("data") or {})
+        raw = dict(read_recipe(args.config).get("data") or {})
     flags = {"kind": args.data_kind, "path": args.data_path, "resolution": args.resolution,
              "buckets": args.buckets, "caption_column": args.caption_column}
     raw.update({k: v for k, v in flags.items() if v is not None})
