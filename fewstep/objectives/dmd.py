@@ -115,8 +115,8 @@ class DistributionMatching(FewStepGenerator):
         raise ValueError(f"unknown phase {phase!r}")
 
     def generator_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        x = self.generate(batch, generator)
-        loss, logs = self.matching_loss(x, batch, generator)
+        x, input_times = self.generate_with_times(batch, generator)
+        loss, logs = self.matching_loss(x, batch, generator, input_times)
         adversarial = self.adversarial_loss(x, batch, generator) if self.gan_generator_weight else None
         if adversarial is not None:
             gan_loss, logits = adversarial
@@ -129,8 +129,10 @@ class DistributionMatching(FewStepGenerator):
         logs["diversity"] = pairwise_diversity(x)
         return loss, logs
 
-    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """The DMD term (Eq. 7-8) at one noise level per sample."""
+    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator,
+                      input_times: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The DMD term (Eq. 7-8) at one noise level per sample. input_times: the path time of each sample's
+        generator input, for terms whose noise levels depend on it (decoupled DMD's CA)."""
         t = self.noise_times(len(x), generator, x.device)
         x_t = self.teacher.path.add_noise(x.detach(), self.noise_like(x, generator), t)
         with torch.no_grad():

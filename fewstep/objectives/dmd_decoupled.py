@@ -5,8 +5,11 @@ With a CFG real score x0_cfg = x0_u + w (x0_c - x0_u), DMD's update splits exact
     fake - cfg = (x0_c - x0_cfg) + (fake - x0_c)
                =  CA: CFG augmentation, -(w - 1)(x0_c - x0_u)  +  DM: distribution matching, cond real vs fake
 
-Each term gets its own weight and its own noise-level range (the paper's decoupled schedules); with
-unit weights and a shared range both are evaluated at the same x_t and their sum is DMD's update.
+Each term gets its own weight and its own noise-level range; with unit weights and a shared range both are
+evaluated at the same x_t and their sum is DMD's update. The paper's decoupled schedule (§4, Algorithm 1:
+tau_CA ~ U(t, 1), tau_DM ~ U(0, 1), its time running from noise to data) is ca_below_generator_time: CA re-noises
+each sample only to levels cleaner than its generator input (redundant above it, the paper finds), DM over the
+full range.
 Both are normalised by DMD's weight 1 / mean|x - x0_cfg| at their own x_t. The DM term can be
 replaced (§5) by a GAN on the fake score's features, by a non-parametric regulariser (an RBF-kernel
 MMD between the generator's batch and the real batch, Gretton et al. 2012 Eq. 3), or dropped.
@@ -23,8 +26,10 @@ from torch import Tensor
 from ..diffusion import convert_prediction
 from ..models.base import Cond, Denoiser, cat_conds
 from . import gan
+from ..diffusion.timesteps import _trainable_range
 from .base import Batch, Objective
 from .dmd import DistributionMatching, DMDConfig, check_time_range, make_fake_score, surrogate_loss
+from .generator import interval_times
 from .registry import register
 
 
@@ -68,27 +73,45 @@ class DecoupledDMD(DistributionMatching):
     def __init__(self, student: Denoiser, teacher: Denoiser, fake_score, *, ca_weight: float = 1.0,
                  dm_weight: float = 1.0, ca_time_range: tuple[float, float] | None = None,
                  dm_time_range: tuple[float, float] | None = None,
-                 dm_term: Literal["dmd", "gan", "mmd", "none"] = "dmd", **kwargs):
+                 dm_term: Literal["dmd", "gan", "mmd", "none"] = "dmd", ca_below_generator_time: bool = False,
+                 **kwargs):
         super().__init__(student, teacher, fake_score, **kwargs)
         self.ca_weight, self.dm_weight, self.dm_term = ca_weight, dm_weight, dm_term
         self.ca_time_range = tuple(ca_time_range or self.time_range)
         self.dm_time_range = tuple(dm_time_range or self.time_range)
+        self.ca_below_generator_time = ca_below_generator_time
 
-    def _terms_at(self, x: Tensor, cond: Cond | None, fractions: tuple[float, float], with_fake: bool,
+    def ca_times(self, n: int, generator: torch.Generator, device: torch.device,
+                 input_times: Tensor | None) -> Tensor:
+        """CA's noise levels: ca_time_range, capped per sample at its generator input's level when
+        ca_below_generator_time."""
+        if not self.ca_below_generator_time:
+            return self.noise_times(n, generator, device, self.ca_time_range)
+        if input_times is None:
+            raise ValueError("ca_below_generator_time needs the generator's input times (matching_loss(..., input_times))")
+        lo, hi = _trainable_range(self.teacher.path)
+        top = ((input_times.double() - lo) / (hi - lo)).clamp(max=self.ca_time_range[1])  # as path fractions
+        bottom = top.clamp(max=self.ca_time_range[0])
+        return interval_times(lo + (hi - lo) * bottom, lo + (hi - lo) * top, n, generator, device,
+                              shift=self.time_shift)
+
+    def _terms_at(self, x: Tensor, cond: Cond | None, t: Tensor, with_fake: bool,
                   generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
-        t = self.noise_times(len(x), generator, x.device, fractions)
         x_t = self.teacher.path.add_noise(x.detach(), self.noise_like(x, generator), t)
         with torch.no_grad():
             real_cond, real_cfg = real_cond_and_cfg(self.teacher, x_t, t, cond, self.guidance_scale)
             fake = self.fake_score.predict(x_t, t, cond) if with_fake else None  # type: ignore[union-attr]
             return decoupled_gradients(x, real_cond, real_cfg, fake)
 
-    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator,
+                      input_times: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         dmd_dm = self.dm_term == "dmd"
-        ca, dm = self._terms_at(x, batch.cond, self.ca_time_range, dmd_dm and self.dm_time_range == self.ca_time_range,
+        shared = dmd_dm and self.dm_time_range == self.ca_time_range and not self.ca_below_generator_time
+        ca, dm = self._terms_at(x, batch.cond, self.ca_times(len(x), generator, x.device, input_times), shared,
                                 generator)
         if dmd_dm and dm is None:  # separate schedule: the DM term at its own noise level
-            _, dm = self._terms_at(x, batch.cond, self.dm_time_range, True, generator)
+            dm_t = self.noise_times(len(x), generator, x.device, self.dm_time_range)
+            _, dm = self._terms_at(x, batch.cond, dm_t, True, generator)
         grad = self.ca_weight * ca + (self.dm_weight * dm if dm is not None else 0.0)
         loss = surrogate_loss(x, grad)
         logs = {"dmd_loss": loss.detach(), "ca/grad_abs": ca.abs().mean()}
@@ -117,6 +140,8 @@ class DecoupledDMDConfig(DMDConfig):
     ca_time_range: tuple[float, float] | None = None  # None: time_range
     dm_time_range: tuple[float, float] | None = None
     dm_term: Literal["dmd", "gan", "mmd", "none"] = "dmd"
+    # the paper's CA schedule: each sample's CA noise level at most its generator input's (tau_CA ~ U(t, 1))
+    ca_below_generator_time: bool = False
 
     @model_validator(mode="after")
     def _checks(self) -> "DecoupledDMDConfig":
@@ -137,7 +162,8 @@ def _build_decoupled(cfg: DecoupledDMDConfig, student: Denoiser, teacher: Denois
     fake = make_fake_score(cfg, student, teacher) if needs_fake else None
     return DecoupledDMD(
         student, teacher, fake, ca_weight=cfg.ca_weight, dm_weight=cfg.dm_weight, ca_time_range=cfg.ca_time_range,
-        dm_time_range=cfg.dm_time_range, dm_term=cfg.dm_term, student_times=cfg.student_times,
+        dm_time_range=cfg.dm_time_range, dm_term=cfg.dm_term, ca_below_generator_time=cfg.ca_below_generator_time,
+        student_times=cfg.student_times,
         guidance_scale=cfg.guidance_scale, time_range=cfg.time_range, time_shift=cfg.time_shift,
         fake_score_updates=cfg.fake_score_updates, backward_simulation=cfg.backward_simulation,
         gan_discriminator_weight=cfg.gan.discriminator_weight, regression_pairs=cfg.regression_pairs,

@@ -106,8 +106,12 @@ class FewStepGenerator(Objective):
         return out
 
     def generate(self, batch: Batch, generator: torch.Generator) -> Tensor:
+        return self.generate_with_times(batch, generator)[0]
+
+    def generate_with_times(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(the generator's samples, the path time of each one's input)."""
         x_t, t = self.generator_inputs(batch, generator)
-        return self.student.predict(x_t, t, batch.cond)
+        return self.student.predict(x_t, t, batch.cond), t
 
     # ---- sampling ----
     @property

@@ -65,7 +65,8 @@ class ScoreIdentityDistillation(DistributionMatching):
         self.alpha, self.fake_guidance_scale = alpha, fake_guidance_scale
         self.fake_train_guidance_scale = fake_train_guidance_scale
 
-    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator,
+                      input_times: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """SiD's term at one noise level per sample; x_t keeps its graph to x (unlike DMD's sg). SiDA: the GAN
         logits come from the same fake-score forward (its encoder is the discriminator's trunk)."""
         fake = self.fake_score

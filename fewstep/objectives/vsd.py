@@ -50,7 +50,8 @@ class VariationalScoreDistillation(DistributionMatching):
         scale = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64, device=device)
         return scale, scale
 
-    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def matching_loss(self, x: Tensor, batch: Batch, generator: torch.Generator,
+                      input_times: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         fake = self.fake_score
         assert fake is not None
         path = self.teacher.path

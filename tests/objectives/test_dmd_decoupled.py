@@ -1,6 +1,7 @@
 """Decoupled DMD: CA + DM with unit weights is DMD's update, CA is the written-out CFG term, the DM
 replacements, and the exact-toy margin over the teacher with CFG."""
 
+import pytest
 import torch
 
 import fewstep.objectives.dmd_decoupled  # noqa: F401  (registers decoupled_dmd until registry.py imports it)
@@ -59,6 +60,43 @@ def test_separate_schedules_draw_separate_noise_levels():
     split, _ = grad_of(DecoupledDMD(student, teacher, fake, guidance_scale=3.0, ca_time_range=(0.5, 0.98),
                                     dm_time_range=(0.02, 0.5)), x0, batch, 4)
     assert (shared - split).abs().max() > 1e-5
+
+
+def test_paper_schedule_caps_each_samples_ca_level_at_its_generator_input():
+    teacher, student, fake, batch = parts()
+    lo, hi = 1e-3, 1.0  # the toy flow path's trainable range
+    paper = DecoupledDMD(student, teacher, fake, guidance_scale=3.0, ca_below_generator_time=True)
+    inputs = torch.tensor([1.0, 0.5, 0.3, 1.0, 0.5, 0.3, 0.01, 1.0], dtype=torch.float64)
+    t = torch.stack([paper.ca_times(8, torch.Generator().manual_seed(s), torch.device("cpu"), inputs)
+                     for s in range(300)])
+    top = torch.minimum(inputs, torch.tensor(lo + (hi - lo) * 0.98, dtype=torch.float64))
+    bottom = torch.minimum(top, torch.tensor(lo + (hi - lo) * 0.02, dtype=torch.float64))
+    assert (t <= top + 1e-12).all() and (t >= bottom - 1e-12).all()
+    # uniform between the two: the mean of each column is the midpoint (std of a mean of 300 U draws: ~0.017 x width)
+    torch.testing.assert_close(t.mean(0), (top + bottom) / 2, atol=0.06 * float((top - bottom).max()), rtol=0)
+    # one generator time for all samples: the same draws as a fixed range ending at that time
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)) * 2
+    input_time = 0.8
+    capped = DecoupledDMD(student, teacher, fake, guidance_scale=3.0, ca_below_generator_time=True)
+    fixed = DecoupledDMD(student, teacher, fake, guidance_scale=3.0, ca_time_range=(0.02, (input_time - lo) / (hi - lo)))
+    x = x0.clone().requires_grad_(True)
+    capped.matching_loss(x, batch, torch.Generator().manual_seed(4), torch.full((8,), input_time))[0].backward()
+    torch.testing.assert_close(x.grad, grad_of(fixed, x0, batch, 4)[0])
+    with pytest.raises(ValueError, match="input_times"):
+        capped.matching_loss(x0, batch, torch.Generator().manual_seed(4))
+
+
+def test_paper_schedule_trains_a_multistep_student_end_to_end(tmp_path):
+    config = load_config(ROOT / "configs" / "dmd_decoupled_toy.yaml", [
+        f"run.output_dir={tmp_path}", *QUIET, "run.max_steps=3", "objective.fake_score_updates=1",
+        "objective.student_times=[1.0, 0.5]", "objective.ca_below_generator_time=true"])
+    setup = build_setup(config)
+    seen = []
+    ca_times = setup.objective.ca_times
+    setup.objective.ca_times = lambda n, g, d, inputs: seen.append(inputs) or ca_times(n, g, d, inputs)
+    Trainer(setup.objective, setup.data, config.run, config.optimizers).fit()
+    assert len(seen) == 3 and all(set(s.tolist()) <= {1.0, 0.5} for s in seen)
+    assert any(len(set(s.tolist())) == 2 for s in seen)  # both generator steps are trained
 
 
 def test_mmd_regulariser_matches_its_formula_and_needs_no_fake_score():
