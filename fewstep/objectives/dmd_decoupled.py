@@ -24,9 +24,9 @@ from pydantic import model_validator
 from torch import Tensor
 
 from ..diffusion import convert_prediction
+from ..diffusion.timesteps import _trainable_range
 from ..models.base import Cond, Denoiser, cat_conds
 from . import gan
-from ..diffusion.timesteps import _trainable_range
 from .base import Batch, Objective
 from .dmd import DistributionMatching, DMDConfig, check_time_range, make_fake_score, surrogate_loss
 from .generator import interval_times
