@@ -145,6 +145,8 @@ class Trainer:
             for phase in self.objective.phases():
                 for _ in range(phase.repeats):
                     logs.update(self._update(phase.name, phase.network, generator))
+            for scheduler in self.schedulers.values():  # lr follows the training step, not each network's updates
+                scheduler.step()
             self.step += 1
             for name, ema in self.ema.items():
                 ema.step([p for p in self.networks[name].parameters() if p.requires_grad])
@@ -202,7 +204,6 @@ class Trainer:
         grad_norm = acc.clip_grad_norm_(params, self.run.max_grad_norm or math.inf)
         self._check_finite(phase, {f"grad_norm/{network}": torch.as_tensor(grad_norm)})
         optimizer.step()
-        self.schedulers[network].step()
         self.objective.after_update(phase)
         logs[f"grad_norm/{network}"] = torch.as_tensor(grad_norm).detach().float()
         return logs
@@ -323,8 +324,10 @@ class Trainer:
 def make_accelerator(run: RunConfig) -> Accelerator:
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=run.find_unused_parameters)]
     project = ProjectConfiguration(project_dir=run.output_dir, logging_dir=str(Path(run.output_dir) / "logs"))
+    # step_scheduler_with_optimizer=False: accelerate would otherwise advance each schedule num_processes times per
+    # call, and a network updated k times per step (two time-scale phases) would run its schedule k times as fast
     return Accelerator(mixed_precision=run.mixed_precision, log_with=list(run.trackers) or None,
-                       project_config=project, kwargs_handlers=kwargs)
+                       project_config=project, kwargs_handlers=kwargs, step_scheduler_with_optimizer=False)
 
 
 def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Launched by test_distributed.py under `accelerate launch --multi_gpu --num_processes 2` (gloo on CPU).
 
 Trains the toy CD recipe for a few steps and writes, per rank, the student's weights and the
-noise/time draws of that rank's step generator, so the test can compare ranks.
+noise/time draws of that rank's step generator, so the test can compare ranks. Arguments after the recipe
+are config overrides.
 """
 
 import sys
@@ -15,12 +16,12 @@ from fewstep.config import load_config
 from fewstep.training.trainer import Trainer, make_accelerator, step_generator
 
 
-def main(out_dir: str, max_steps: int, resume: str | None, recipe: str = "cd_toy.yaml") -> None:
+def main(out_dir: str, max_steps: int, resume: str | None, recipe: str = "cd_toy.yaml", *overrides: str) -> None:
     root = Path(__file__).resolve().parents[2]
     toy = recipe.endswith("_toy.yaml")
     config = load_config(root / "configs" / recipe, [
         f"run.output_dir={out_dir}", f"run.max_steps={max_steps}", "run.trackers=[]", "run.progress_bar=false",
-        "run.num_samples=0", "run.ema_decay=0.9", *(["data.batch_size=32"] if toy else ["run.checkpoint_every=0"])])
+        "run.num_samples=0", "run.ema_decay=0.9", *(["data.batch_size=32"] if toy else ["run.checkpoint_every=0"]), *overrides])
     accelerator = make_accelerator(config.run)
     setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes)
     trainer = Trainer(setup.objective, setup.data, config.run, config.optimizers, None, accelerator)
@@ -36,4 +37,4 @@ def main(out_dir: str, max_steps: int, resume: str | None, recipe: str = "cd_toy
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "-" else None,
-         *sys.argv[4:5])
+         *sys.argv[4:])

@@ -1,6 +1,7 @@
 """Two real processes on CPU (accelerate --multi_gpu, gloo): synchronised gradients, per-rank
 randomness, and checkpoint/resume in that mode."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from ._common import cosine_with_warmup
+
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("ddp_probe.py")
 
@@ -17,11 +20,11 @@ pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None and not (Path
                                 reason="accelerate launcher not installed")
 
 
-def launch(out: Path, steps: int, resume: str | None = None, recipe: str | None = None) -> None:
+def launch(out: Path, steps: int, resume: str | None = None, recipe: str | None = None, *overrides: str) -> None:
     accelerate = str(Path(sys.executable).parent / "accelerate")
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + os.getpid() % 1000),
-           str(PROBE), str(out), str(steps), resume or "-"] + ([recipe] if recipe else [])
+           str(PROBE), str(out), str(steps), resume or "-"] + ([recipe, *overrides] if recipe else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -63,6 +66,20 @@ def test_two_processes_sync_discriminator_and_fake_score(recipe, tmp_path):
         if k.split(".")[0] in networks:
             assert (r0[k] == r1[k]).all(), k
     assert not (r0["first_batch"] == r1["first_batch"]).all()
+
+
+def test_two_processes_keep_each_learning_rate_schedule_on_the_training_step(tmp_path):
+    """Under two processes a cosine schedule still spans max_steps, for the student (1 update per step) and for
+    DMD2's fake score (5 per step): accelerate's default would advance it num_processes times per update."""
+    steps, warmup = 6, 2
+    schedule = [f"optimizers.{n}.{k}" for n in ("student", "fake_score") for k in ("lr_scheduler=cosine", f"warmup_steps={warmup}")]
+    launch(tmp_path, steps, None, "dmd2_toy.yaml", *schedule)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    for row in rows:
+        factor = cosine_with_warmup(row["step"], warmup, steps)
+        assert row["lr/student"] == pytest.approx(1e-3 * factor, abs=1e-12), row
+        assert row["lr/fake_score"] == pytest.approx(2e-3 * factor, abs=1e-12), row
 
 
 def test_accelerate_launch_module_entry(tmp_path):

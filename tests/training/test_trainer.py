@@ -11,6 +11,8 @@ from fewstep.objectives.base import Batch, Objective, Phase
 from fewstep.training import checkpoint as ckpt
 from fewstep.training.trainer import NonFiniteError, RunawayError, Trainer
 
+from ._common import cosine_with_warmup
+
 
 class FixedBatches:
     """Hands out consecutive slices of one fixed dataset (so accumulation can be compared exactly)."""
@@ -113,6 +115,20 @@ def test_two_time_scale_ratio_and_separate_learning_rates(tmp_path):
     assert trainer.optimizers["generator"].param_groups[0]["lr"] == 1e-3
     assert trainer.optimizers["critic"].state_dict()["state"][0]["step"] == 15
     assert trainer.optimizers["generator"].state_dict()["state"][0]["step"] == 5
+
+
+def test_learning_rate_follows_the_training_step_for_every_network(tmp_path):
+    """A critic updated 3x per step runs the same cosine over max_steps as the generator, not 3x as fast."""
+    steps, warmup = 8, 2
+    schedule = dict(lr_scheduler="cosine", warmup_steps=warmup)
+    trainer = Trainer(TwoNetworks(), FixedBatches(torch.randn(32, 2), 4), make_run(tmp_path, max_steps=steps),
+                      {"generator": OptimizerConfig(lr=1e-3, **schedule), "critic": OptimizerConfig(lr=4e-3, **schedule)})
+    trainer.fit()
+    for row in trainer.history:
+        factor = cosine_with_warmup(row["step"], warmup, steps)
+        assert row["lr/generator"] == pytest.approx(1e-3 * factor, abs=1e-12), row
+        assert row["lr/critic"] == pytest.approx(4e-3 * factor, abs=1e-12), row
+    assert trainer.history[-1]["lr/critic"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_missing_optimizer_settings_name_the_network(tmp_path):
