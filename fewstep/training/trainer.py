@@ -324,8 +324,8 @@ class Trainer:
 def make_accelerator(run: RunConfig) -> Accelerator:
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=run.find_unused_parameters)]
     project = ProjectConfiguration(project_dir=run.output_dir, logging_dir=str(Path(run.output_dir) / "logs"))
-    # step_scheduler_with_optimizer=False: accelerate would otherwise advance each schedule num_processes times per
-    # call, and a network updated k times per step (two time-scale phases) would run its schedule k times as fast
+    # step_scheduler_with_optimizer=False: the trainer steps each schedule once per training step (fit); accelerate's
+    # default would advance it num_processes times per call
     return Accelerator(mixed_precision=run.mixed_precision, log_with=list(run.trackers) or None,
                        project_config=project, kwargs_handlers=kwargs, step_scheduler_with_optimizer=False)
 

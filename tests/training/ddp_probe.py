@@ -21,7 +21,8 @@ def main(out_dir: str, max_steps: int, resume: str | None, recipe: str = "cd_toy
     toy = recipe.endswith("_toy.yaml")
     config = load_config(root / "configs" / recipe, [
         f"run.output_dir={out_dir}", f"run.max_steps={max_steps}", "run.trackers=[]", "run.progress_bar=false",
-        "run.num_samples=0", "run.ema_decay=0.9", *(["data.batch_size=32"] if toy else ["run.checkpoint_every=0"]), *overrides])
+        "run.num_samples=0", "run.ema_decay=0.9", *(["data.batch_size=32"] if toy else ["run.checkpoint_every=0"]),
+        *overrides])
     accelerator = make_accelerator(config.run)
     setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes)
     trainer = Trainer(setup.objective, setup.data, config.run, config.optimizers, None, accelerator)
