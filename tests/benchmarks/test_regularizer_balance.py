@@ -1,0 +1,55 @@
+"""benchmarks/regularizer_balance.py on a 2-step rCM run of the bundled task: its gradient norms equal a plain
+backward() through each term (the student's .grad), and the ratio it reports is theirs."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from fewstep import distill
+from fewstep.runs import load_run
+from fewstep.training.checkpoint import network_weights, resolve_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _grad_norm_by_backward(loss: torch.Tensor, student: torch.nn.Module) -> float:
+    student.zero_grad(set_to_none=True)
+    loss.backward()
+    return float(sum(p.grad.double().pow(2).sum() for p in student.parameters() if p.grad is not None) ** 0.5)
+
+
+def test_balance_matches_backward_through_each_term(tmp_path, monkeypatch):
+    run = tmp_path / "rcm_tiny"
+    assert distill.main(["--config", str(ROOT / "configs" / "rcm_animal_mnist.yaml"), f"run.output_dir={run}",
+                         "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=2",
+                         "run.num_samples=0", "data.batch_size=4", "objective.tangent_warmup_steps=1"]) == 0
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    balance = importlib.import_module("regularizer_balance")
+    monkeypatch.setattr(sys.modules["common"], "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["regularizer_balance.py", "--run", str(run), "--batches", "2"])
+    balance.main()
+    row = json.loads((tmp_path / "results" / "regularizer_balance_rcm_tiny.json").read_text())["rows"][0]
+
+    setup = load_run(run)
+    objective = setup.objective
+    networks = objective.trainable_networks()
+    path = resolve_checkpoint(run, "latest")
+    for name, weights in network_weights(path, list(networks)).items():
+        networks[name].load_state_dict(weights, strict=False)
+    objective.load_extra_state(load_file(str(path / "objective_state.safetensors")))
+    assert int(objective.updates) == row["updates"] == 2 and objective.warmup == 1.0  # the tangent term is on
+    scm, regularizer = [], []
+    for i in range(2):
+        batch = setup.data.next_batch(torch.Generator().manual_seed(i))
+        scm.append(_grad_norm_by_backward(objective.scm_loss(batch, torch.Generator().manual_seed(i))[0],
+                                          networks["student"]))
+        term = objective.regularizer.loss("generator", batch, torch.Generator().manual_seed(10**6 + i))[0]
+        regularizer.append(_grad_norm_by_backward(term, networks["student"]))
+    assert abs(row["scm_grad_norm"] - sum(scm) / 2) < 1e-6 * row["scm_grad_norm"]
+    assert abs(row["regularizer_grad_norm_unweighted"] - sum(regularizer) / 2) < 1e-6 * sum(regularizer)
+    assert abs(row["weight_for_equal_pull"] - sum(scm) / sum(regularizer)) < 1e-6 * row["weight_for_equal_pull"]
+    assert row["configured_weight"] == objective.regularizer_weight
