@@ -31,21 +31,13 @@ def gradient_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float
 
 
 def measure(run: Path, checkpoint: str, batches: int) -> dict[str, object]:
-    from safetensors.torch import load_file
-
     from fewstep.runs import load_run
-    from fewstep.training.checkpoint import network_weights, resolve_checkpoint
 
-    setup = load_run(run, checkpoint)
+    setup = load_run(run, checkpoint, training_state=True)  # the regulariser's networks, sCM's warm-up state
     objective = setup.objective
     if not hasattr(objective, "regularizer"):
         raise SystemExit(f"{run} is not a regularised sCM run (objective.name rcm or scm_ladd)")
-    networks = objective.trainable_networks()
-    path = resolve_checkpoint(run, checkpoint)
-    for name, weights in network_weights(path, list(networks)).items():
-        networks[name].load_state_dict(weights, strict=False)  # the regulariser's fake score / heads too
-    objective.load_extra_state(load_file(str(path / "objective_state.safetensors")))  # tangent warm-up r
-    params = [p for p in networks["student"].parameters() if p.requires_grad]
+    params = [p for p in objective.trainable_networks()["student"].parameters() if p.requires_grad]
     scm, regularizer, logvar = [], [], []
     for i in range(batches):
         batch = setup.data.next_batch(torch.Generator().manual_seed(i))

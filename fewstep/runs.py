@@ -20,8 +20,11 @@ GenerateFn = Callable[[int, int, int], torch.Tensor]
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "latest", ema: bool = False,
-             device: torch.device | str = "cpu") -> Setup:
-    """Rebuild the run's teacher/student/objective from config.yaml and load a checkpoint's student weights."""
+             device: torch.device | str = "cpu", training_state: bool = False) -> Setup:
+    """Rebuild the run's teacher/student/objective from config.yaml and load a checkpoint's student weights.
+
+    training_state: also every other trained network (fake score, discriminator heads) and the objective's own
+    state (e.g. sCM's update count behind its tangent warm-up), for probes of the objective's losses."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
@@ -29,11 +32,15 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", ema: bool = False,
     setup = build_setup(build_config(yaml.safe_load(config_file.read_text())), device, initialise=False)
     path = resolve_checkpoint(run_dir, checkpoint)
     networks = setup.objective.trainable_networks()
-    state = network_weights(path, list(networks))["student"]
-    student = networks["student"]  # e.g. Phased DMD's expert mixture
-    missing, unexpected = student.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.startswith("teacher.")]:
-        raise ValueError(f"checkpoint {path} does not fit the run's student: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    weights = network_weights(path, list(networks))
+    for name in networks if training_state else ["student"]:  # the student: e.g. Phased DMD's expert mixture
+        missing, unexpected = networks[name].load_state_dict(weights[name], strict=False)
+        if unexpected or [k for k in missing if not k.startswith("teacher.")]:
+            raise ValueError(f"checkpoint {path} does not fit the run's {name}: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    if training_state:
+        setup.objective.load_extra_state(load_file(str(path / "objective_state.safetensors")))
+    student = networks["student"]
     if ema:
         shadow = load_file(str(path / "ema_student.safetensors"))
         params = [p for p in student.parameters() if p.requires_grad]
