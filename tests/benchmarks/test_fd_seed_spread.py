@@ -1,5 +1,6 @@
 """benchmarks/fd_seed_spread.py end to end on a 2-step SiD run of the bundled task: one FD per seed and model, the
-same seed giving the same FD as bundled_task.py's generate-then-fd_to_test, mean/std as numpy's, paired gaps."""
+same seed giving the same FD as bundled_task.py's generate-then-fd_to_test, mean/std as numpy's, paired gaps and
+ratios, written under --name."""
 
 import importlib
 import json
@@ -27,9 +28,9 @@ def test_seed_spread_is_paired_and_matches_a_direct_evaluation(tmp_path, monkeyp
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(spread_module, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(sys, "argv", ["fd_seed_spread.py", str(run), "--seeds", "3,4,5", "--num-eval", "60",
-                                      "--teacher-steps", "2"])
+                                      "--teacher-steps", "2", "--name", "spread_probe"])
     spread_module.main()
-    out = json.loads((tmp_path / "results" / "fd_seed_spread.json").read_text())
+    out = json.loads((tmp_path / "results" / "spread_probe.json").read_text())
     teacher, student = out["models"]["teacher_2step"], out["models"]["sid_tiny_1step"]
     setup = load_run(run)
     direct = fd_to_test(generate(lambda z, c: setup.objective.sample(z, 1, c, torch.Generator().manual_seed(7)),
@@ -41,5 +42,10 @@ def test_seed_spread_is_paired_and_matches_a_direct_evaluation(tmp_path, monkeyp
     gaps = np.subtract(student["per_seed"], teacher["per_seed"])
     assert np.isclose(student["minus_teacher"]["mean"], gaps.mean())
     assert student["minus_teacher"]["seeds_at_or_below"] == int((gaps <= 0).sum())
-    table = (tmp_path / "results" / "fd_seed_spread.md").read_text()
+    ratios = np.divide(student["per_seed"], teacher["per_seed"])
+    assert np.isclose(student["over_teacher"]["mean"], ratios.mean())
+    assert np.isclose(student["over_teacher"]["std"], ratios.std(ddof=1))
+    table = (tmp_path / "results" / "spread_probe.md").read_text()
     assert "| sid_tiny_1step | " in table and f"{student['mean']:.3f} ± {student['std']:.3f}" in table
+    assert table.splitlines()[-3].endswith(f"| {ratios.mean():.3f} ± {ratios.std(ddof=1):.3f} |")
+    assert not (tmp_path / "results" / "fd_seed_spread.json").exists()
