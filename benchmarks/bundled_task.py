@@ -68,18 +68,26 @@ def distil(method: str, train_steps: int | None, out_root: Path):
     return setup, config, time.perf_counter() - start
 
 
+def recipes_writing(output_dir: str) -> list[str]:
+    """The methods whose recipe (configs/<method>_animal_mnist.yaml) has this run.output_dir."""
+    from fewstep.config import load_config
+
+    return [m for m in available_methods()
+            if load_config(REPO / "configs" / f"{m}_animal_mnist.yaml").run.output_dir == output_dir]
+
+
 def source_run(init: str, out_root: Path, method: str) -> Path:
     """A recipe started from another recipe's run (student.init: that recipe's run.output_dir) starts, here,
     from the run this benchmark trained for that recipe under out_root."""
-    from fewstep.config import load_config
-
-    for source in available_methods():
-        if load_config(REPO / "configs" / f"{source}_animal_mnist.yaml").run.output_dir == init:
-            if not (out_root / source / "checkpoints" / "latest").is_file():
-                raise SystemExit(f"{method} starts from the {source} recipe's run: run `python benchmarks/"
-                                 f"bundled_task.py --methods {source} --merge` first")
-            return out_root / source
-    raise SystemExit(f"{method}: student.init {init} is not the run.output_dir of a configs/*_animal_mnist.yaml recipe")
+    sources = recipes_writing(init)
+    if not sources:
+        raise SystemExit(f"{method}: student.init {init} is not the run.output_dir of a configs/*_animal_mnist.yaml "
+                         "recipe")
+    source = sources[0]
+    if not (out_root / source / "checkpoints" / "latest").is_file():
+        raise SystemExit(f"{method} starts from the {source} recipe's run: run `python benchmarks/"
+                         f"bundled_task.py --methods {source} --merge` first")
+    return out_root / source
 
 
 def saved_run(method: str, out_root: Path) -> Path:

@@ -104,13 +104,3 @@ def test_chained_recipes_resolve_to_their_parent_plus_their_own_keys():
     assert longer["run"]["max_steps"] == 1500 and long["run"]["max_steps"] == 3000
     assert longer["objective"] == long["objective"] and longer["optimizers"] == long["optimizers"]
 
-
-@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*_animal_mnist.yaml")
-                                          if "init:" in p.read_text()))
-def test_warm_restart_recipes_start_from_another_recipes_run(recipe):
-    """benchmarks/bundled_task.py trains a continued recipe from the run it made for the recipe named by student.init
-    (that recipe's run.output_dir); the recipe's comment names it."""
-    init = load_config(ROOT / "configs" / recipe).student.init
-    sources = [p.name for p in (ROOT / "configs").glob("*_animal_mnist.yaml") if load_config(p).run.output_dir == init]
-    assert len(sources) == 1, f"{recipe}: student.init {init} is the run.output_dir of {sources}"
-    assert sources[0].removesuffix("_animal_mnist.yaml") in (ROOT / "configs" / recipe).read_text()

@@ -1,11 +1,13 @@
 """benchmarks/bundled_task.py's merge: a run's methods replace their rows (in place) and Inception values, everything
 else on disk (other methods, the teacher, rows another run wrote meanwhile) is kept; new methods come last; methods
-whose recipe is gone are dropped."""
+whose recipe is gone are dropped. Every warm-restart recipe starts from exactly one other recipe's run."""
 
 import runpy
 from pathlib import Path
 
 import pytest
+
+from fewstep.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,3 +75,16 @@ def test_run_label_drops_the_bundled_task_suffix():
     run_label = runpy.run_path(str(ROOT / "benchmarks" / "common.py"))["run_label"]
     assert run_label("runs/sid_long_animal_mnist") == "sid_long"
     assert run_label(Path("runs/bundled_task/sid_long")) == "sid_long"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*_animal_mnist.yaml")
+                                          if "init:" in p.read_text()))
+def test_warm_restart_recipes_start_from_another_recipes_run(recipe):
+    """source_run trains a continued recipe from the run this benchmark made for the recipe whose run.output_dir is
+    student.init; exactly one recipe has it, and the continued recipe's comment names it."""
+    recipes_writing = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")[
+        "recipes_writing"]
+    init = load_config(ROOT / "configs" / recipe).student.init
+    sources = recipes_writing(init)
+    assert len(sources) == 1, f"{recipe}: student.init {init} is the run.output_dir of {sources}"
+    assert sources[0] in (ROOT / "configs" / recipe).read_text()
