@@ -103,4 +103,3 @@ def test_chained_recipes_resolve_to_their_parent_plus_their_own_keys():
     assert longer["student"]["init"] == long["run"]["output_dir"]
     assert longer["run"]["max_steps"] == 1500 and long["run"]["max_steps"] == 3000
     assert longer["objective"] == long["objective"] and longer["optimizers"] == long["optimizers"]
-
