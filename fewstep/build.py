@@ -135,6 +135,7 @@ def initialise_from_run(objective: Objective, source: str) -> None:
             raise ConfigError(f"config error: student.init: the {name} in {checkpoint} does not fit this recipe's "
                               f"{name} (missing {missing[:3]}, unexpected {unexpected[:3]}); start from a run of "
                               "the same model and fake-score layout")
+    objective.after_student_init()
 
 
 def build_data(config: Config, teacher: Denoiser, device: torch.device, rank: int = 0, world_size: int = 1,

@@ -76,3 +76,18 @@ def test_student_init_errors_name_the_fix(tmp_path):
     save_file({"not_a_layer.weight": torch.zeros(2)}, str(foreign / "model.safetensors"))
     with pytest.raises(ConfigError, match="does not fit this recipe's student"):
         build(foreign)
+
+
+@pytest.mark.parametrize("recipe", ["cd_toy.yaml", "mcm_toy.yaml"])
+def test_a_warm_restart_starts_the_ema_target_at_the_loaded_student(tmp_path, recipe):
+    """Built from the teacher, CD's target is a copy of the student; after student.init it must be a copy of the
+    loaded student, not of the teacher the student was built from."""
+    source = tmp_path / "source"
+    train(recipe, source)
+    student = load_file(source / "checkpoints" / "step-00000002" / "model.safetensors")
+    setup = build_setup(load_config(ROOT / "configs" / recipe,
+                                    [f"run.output_dir={tmp_path / 'next'}", f"student.init={source}", *QUIET]))
+    assert_equal_weights(setup.objective.student, student)
+    assert_equal_weights(setup.objective.target, student)
+    fresh = build_setup(load_config(ROOT / "configs" / recipe, [f"run.output_dir={tmp_path / 'x'}", *QUIET]))
+    assert not all(torch.equal(fresh.objective.target.state_dict()[k], v) for k, v in student.items())

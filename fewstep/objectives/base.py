@@ -56,6 +56,10 @@ class Objective(nn.Module):
     def after_update(self, phase: str) -> None:
         """Hook after an optimiser step of `phase` (e.g. move an EMA target network)."""
 
+    def after_student_init(self) -> None:
+        """Hook after student.init loaded the trained networks from another run: networks derived from the student
+        at construction (e.g. an EMA target) follow the loaded weights."""
+
     def extra_state(self) -> dict[str, Tensor]:
         """Evolving state that is not a trained network (EMA targets, running stats) for checkpoints."""
         return {}

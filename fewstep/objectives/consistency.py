@@ -126,6 +126,9 @@ class ConsistencyDistillation(Objective):
     def after_update(self, phase: str) -> None:
         ema_update(self.target, self.student, self.target_ema_decay)
 
+    def after_student_init(self) -> None:
+        self.target.load_state_dict(self.student.state_dict())  # a warm restart's target starts at its student
+
     def extra_state(self) -> dict[str, Tensor]:
         return {f"target.{k}": v for k, v in self.target.state_dict().items()}
 

@@ -103,6 +103,9 @@ class MultistepConsistencyDistillation(Objective):
         ema_update(self.target, self.student, self.target_ema_decay)
         self.updates += 1
 
+    def after_student_init(self) -> None:
+        self.target.load_state_dict(self.student.state_dict())  # a warm restart's target starts at its student
+
     def extra_state(self) -> dict[str, Tensor]:
         return {"updates": self.updates.clone(), **{f"target.{k}": v for k, v in self.target.state_dict().items()}}
 

@@ -1,18 +1,15 @@
 """README.md's result tables are the benchmark scripts' own: every row of a results .md table appears in README.md
-verbatim, and the README shows no row the results do not have (a re-run that is not copied over fails here)."""
+verbatim, and the README shows no row the results do not have (a re-run that is not copied over fails here).
+benchmarks/readme_tables.py copies them over; its sync keeps README's headers and prose and refuses shape changes."""
 
+import runpy
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def table_rows(text: str) -> list[str]:
-    """The body rows of every markdown table in text (header and rule rows left out)."""
-    lines = [line.strip() for line in text.splitlines()]
-    return [line for i, line in enumerate(lines) if line.startswith("| ") and not line.startswith("|---")
-            and not (i + 1 < len(lines) and lines[i + 1].startswith("|---"))]
+TABLES = runpy.run_path(str(ROOT / "benchmarks" / "readme_tables.py"), run_name="readme_tables")
+table_rows, synced_section, synced = TABLES["table_rows"], TABLES["synced_section"], TABLES["synced"]
 
 
 def readme_section(start: str, end: str) -> str:
@@ -20,11 +17,7 @@ def readme_section(start: str, end: str) -> str:
     return readme[readme.index(start):readme.index(end)]
 
 
-@pytest.mark.parametrize("results,start,end", [
-    ("bundled_task.md", "**Bundled task**", "**Evaluation noise**"),
-    ("fd_seed_spread.md", "**Evaluation noise**", "**Near the bar**"),
-    ("fd_seed_spread_near_bar.md", "**Near the bar**", "**Every objective on the exact toy**"),
-    ("toy_objectives.md", "**Every objective on the exact toy**", "**Loop overhead**")])
+@pytest.mark.parametrize("results,start,end", TABLES["SECTIONS"])
 def test_readme_tables_match_the_committed_results(results, start, end):
     expected = table_rows((ROOT / "benchmarks" / "results" / results).read_text())
     # the README names the Inception table's column "Inception FID"; cells are the same
@@ -34,6 +27,28 @@ def test_readme_tables_match_the_committed_results(results, start, end):
     assert [r for r in shown if r not in expected] == [], f"README.md shows rows not in benchmarks/results/{results}"
 
 
+def test_readme_is_what_the_sync_writes():
+    readme = (ROOT / "README.md").read_text()
+    assert synced(readme) == readme, "run python benchmarks/readme_tables.py"
+
+
 def test_table_rows_reads_only_body_rows():
     text = "| a | b |\n|---|---|\n| x | 1 |\n| y | 2 |\n\nprose | not a row\n"
     assert table_rows(text) == ["| x | 1 |", "| y | 2 |"]
+
+
+def test_sync_replaces_body_rows_keeps_header_and_prose():
+    section = ("**S** intro\n\n| model | Inception FID |\n|---|---|\n| old | 1 |\n| gone | 2 |\n\nprose after\n\n"
+               "| a | b |\n|---|---|\n| x | 1 |\n")
+    results = "| model | FID |\n|---|---|\n| old | 0.5 |\n| new | 3 |\n\nnotes\n\n| a | b |\n|---|---|\n| y | 2 |\n"
+    assert synced_section(section, results, "r.md") == (
+        "**S** intro\n\n| model | Inception FID |\n|---|---|\n| old | 0.5 |\n| new | 3 |\n\nprose after\n\n"
+        "| a | b |\n|---|---|\n| y | 2 |\n")
+
+
+def test_sync_refuses_a_changed_shape():
+    section = "| a | b |\n|---|---|\n| x | 1 |\n"
+    with pytest.raises(ValueError, match="3 columns.*2"):
+        synced_section(section, "| a | b | c |\n|---|---|---|\n| x | 1 | 2 |\n", "r.md")
+    with pytest.raises(ValueError, match="1 tables.*2"):
+        synced_section(section, "| a | b |\n|---|---|\n| x | 1 |\n\n| a | b |\n|---|---|\n| y | 1 |\n", "r.md")
