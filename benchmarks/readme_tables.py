@@ -15,8 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 
 # (results file, README section start, section end): each results table appears in that README section
 SECTIONS: list[tuple[str, str, str]] = [
