@@ -87,7 +87,34 @@ def teacher_guidance(scale: float, scale_range: tuple[float, float] | None, batc
     return lo + (hi - lo) * torch.rand(batch, generator=generator, device=device)
 
 
-class ConsistencyDistillation(Objective):
+class EMATargetObjective(Objective):
+    """Discrete-time CD's EMA target f_theta^- (Song et al. 2023, Alg. 2): a frozen copy of the student, moved
+    towards it after every update, started at the student (a warm restart's too), saved with the objective.
+    Subclasses set `student` and `target_ema_decay`, then call `make_target()`."""
+
+    target: nn.Module
+    student: Denoiser
+    target_ema_decay: float
+
+    def make_target(self) -> None:
+        self.target = copy.deepcopy(self.student).requires_grad_(False)
+        self.target.attach_prepared(None)
+
+    @torch.no_grad()
+    def after_update(self, phase: str) -> None:
+        ema_update(self.target, self.student, self.target_ema_decay)
+
+    def after_student_init(self) -> None:
+        self.target.load_state_dict(self.student.state_dict())  # a warm restart's target starts at its student
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return {f"target.{k}": v for k, v in self.target.state_dict().items()}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.target.load_state_dict({k.removeprefix("target."): v for k, v in state.items() if k.startswith("target.")})
+
+
+class ConsistencyDistillation(EMATargetObjective):
     """CD / LCM: one teacher solver step between adjacent grid times, EMA target network."""
 
     divergence_hint = "lower the learning rate, raise target_ema_decay, or use loss: pseudo_huber"
@@ -99,13 +126,13 @@ class ConsistencyDistillation(Objective):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.teacher.requires_grad_(False)
-        self.target = copy.deepcopy(student).requires_grad_(False)
-        self.target.attach_prepared(None)
+        self.target_ema_decay = target_ema_decay
+        self.make_target()
         # the solver grid, decreasing to the boundary (VP ends at timestep 0 as LCM does)
         grid = sampling_times(teacher.path, num_timesteps, **(schedule_kwargs or {}))
         self.register_buffer("grid", grid.clamp(min=max(teacher.path.t_min, 0.0)), persistent=False)
         self.boundary = BoundaryCondition(student, float(self.grid[-1]), sigma_data, timestep_scaling)
-        self.solver, self.target_ema_decay, self.loss_kind, self.huber_c = solver, target_ema_decay, loss, huber_c
+        self.solver, self.loss_kind, self.huber_c = solver, loss, huber_c
         self.guidance_scale, self.guidance_range = guidance_scale, guidance_range
 
     def trainable_networks(self) -> dict[str, nn.Module]:
@@ -122,18 +149,6 @@ class ConsistencyDistillation(Objective):
         pred = self.boundary(self.student, x_t, t, cond)
         loss = consistency_distance(pred.float(), target.float(), self.loss_kind, self.huber_c).mean()
         return loss, {"cd_loss": loss.detach()}
-
-    def after_update(self, phase: str) -> None:
-        ema_update(self.target, self.student, self.target_ema_decay)
-
-    def after_student_init(self) -> None:
-        self.target.load_state_dict(self.student.state_dict())  # a warm restart's target starts at its student
-
-    def extra_state(self) -> dict[str, Tensor]:
-        return {f"target.{k}": v for k, v in self.target.state_dict().items()}
-
-    def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        self.target.load_state_dict({k.removeprefix("target."): v for k, v in state.items()})
 
     def sampling_grid(self, num_steps: int) -> Tensor:
         """num_steps times picked evenly from the training grid (LCMScheduler's 'leading' skip)."""

@@ -14,7 +14,6 @@ step apart inside one segment. K-step sampling visits exactly the edges; fewer s
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import torch
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from ..diffusion import ddim_step, sampling_times
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, consistency_sample
-from .consistency import ConsistencyTeacherConfig, consistency_distance, ema_update, teacher_step_pair
+from .consistency import ConsistencyTeacherConfig, EMATargetObjective, consistency_distance, teacher_step_pair
 
 
 def phased_consistency(net: Denoiser, x_t: Tensor, t: Tensor, edge: Tensor, cond: Cond | None) -> Tensor:
@@ -41,7 +40,7 @@ def segment_edges(num_timesteps: int, segments: int) -> Tensor:
     return torch.linspace(0, num_timesteps, segments + 1, dtype=torch.float64).round().long()
 
 
-class MultistepConsistencyDistillation(Objective):
+class MultistepConsistencyDistillation(EMATargetObjective):
     """Phased / multistep CD with an EMA target; `segments` may shrink in stages (Hyper-SD's 8 -> 4 -> 2 -> 1)."""
 
     divergence_hint = "lower the learning rate, raise target_ema_decay, or use loss: pseudo_huber"
@@ -54,8 +53,8 @@ class MultistepConsistencyDistillation(Objective):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.teacher.requires_grad_(False)
-        self.target = copy.deepcopy(student).requires_grad_(False)
-        self.target.attach_prepared(None)
+        self.target_ema_decay = target_ema_decay
+        self.make_target()
         self.segment_stages = [segments] if isinstance(segments, int) else list(segments)
         self.stage_steps = list(stage_steps or [])
         if len(self.stage_steps) != len(self.segment_stages) - 1 or self.stage_steps != sorted(self.stage_steps):
@@ -66,7 +65,7 @@ class MultistepConsistencyDistillation(Objective):
         self.register_buffer("grid", sampling_times(teacher.path, num_timesteps, **(schedule_kwargs or {})),
                              persistent=False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # saved in extra_state
-        self.num_timesteps, self.solver, self.target_ema_decay = num_timesteps, solver, target_ema_decay
+        self.num_timesteps, self.solver = num_timesteps, solver
         self.loss_kind, self.huber_c, self.gamma = loss, huber_c, gamma
         self.guidance_scale, self.guidance_range = guidance_scale, guidance_range
 
@@ -100,18 +99,15 @@ class MultistepConsistencyDistillation(Objective):
 
     @torch.no_grad()
     def after_update(self, phase: str) -> None:
-        ema_update(self.target, self.student, self.target_ema_decay)
+        super().after_update(phase)
         self.updates += 1
 
-    def after_student_init(self) -> None:
-        self.target.load_state_dict(self.student.state_dict())  # a warm restart's target starts at its student
-
     def extra_state(self) -> dict[str, Tensor]:
-        return {"updates": self.updates.clone(), **{f"target.{k}": v for k, v in self.target.state_dict().items()}}
+        return {"updates": self.updates.clone(), **super().extra_state()}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         self.updates.copy_(state["updates"])
-        self.target.load_state_dict({k.removeprefix("target."): v for k, v in state.items() if k.startswith("target.")})
+        super().load_extra_state(state)
 
     def sampling_times(self, num_steps: int) -> Tensor:
         """num_steps + 1 times: a subset of the segment edges when num_steps <= K (all of them at K), otherwise
