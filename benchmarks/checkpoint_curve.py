@@ -1,0 +1,55 @@
+"""FD of every kept checkpoint of bundled-task runs: how a student's quality moved during its training.
+
+    python benchmarks/checkpoint_curve.py runs/scm_fd_long_animal_mnist runs/scm_fd_longer_animal_mnist --steps 1
+
+Each cell is benchmarks/bundled_task.py's measurement (1000 class-balanced samples from noise seed 2024, sampler
+generator seed 7, FD in the bundled classifier's features vs the test split), so a run's last checkpoint reproduces
+its row there. Writes benchmarks/results/checkpoint_curve.json (or --name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import run_label, write_result  # noqa: E402
+
+
+def checkpoint_fds(run: str, student_steps: list[int], num_eval: int) -> dict[str, dict[str, float]]:
+    from fewstep.evaluation.animal_mnist import fd_to_test, generate
+    from fewstep.runs import load_run
+    from fewstep.training.checkpoint import checkpoint_root
+
+    curve = {}
+    for path in sorted(p for p in checkpoint_root(run).glob("step-*") if p.is_dir()):
+        setup = load_run(run, str(path))
+        setup.student.eval()
+        row = {}
+        for steps in student_steps:
+            sampler_generator = torch.Generator().manual_seed(7)
+            images = generate(lambda z, c: setup.objective.sample(z, steps, c, sampler_generator), num_eval)
+            row[f"{steps}step"] = fd_to_test(images)
+        curve[path.name] = row
+        print(run_label(run), path.name, row, flush=True)
+    return curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="bundled-task run directories")
+    parser.add_argument("--steps", default="1,2,4", help="student step counts")
+    parser.add_argument("--num-eval", type=int, default=1000)
+    parser.add_argument("--name", default="checkpoint_curve")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    steps = [int(v) for v in args.steps.split(",")]
+    curves = {run_label(run): checkpoint_fds(run, steps, args.num_eval) for run in args.runs}
+    write_result(args.name, {"num_eval": args.num_eval, "noise_seed": 2024, "sampler_seed": 7, "runs": curves})
+
+
+if __name__ == "__main__":
+    main()
