@@ -153,7 +153,7 @@ def main() -> None:
                      f"--inception {old_inception['num_samples']}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate, teacher_samples
+    from fewstep.evaluation.animal_mnist import fd_to_test, floor_and_ceiling, student_samples, teacher_samples
 
     rows, times, best = [], {}, {}
     teacher = guidance = None
@@ -170,9 +170,8 @@ def main() -> None:
             teacher, guidance = setup.teacher, config.objective.guidance_scale
         setup.student.eval()
         for steps in STUDENT_STEPS:
-            gen = torch.Generator().manual_seed(7)
             try:
-                x = generate(lambda z, c: setup.objective.sample(z, steps, c, gen), args.num_eval)
+                x = student_samples(setup.objective, steps, args.num_eval)
             except ValueError as err:  # e.g. a phased DMD student samples only with one step per expert
                 print(f"{method}: no {steps}-step sampler ({err})", flush=True)
                 continue
@@ -242,7 +241,7 @@ def inception_fids(teacher, guidance: float, best: dict, num: int, references: b
     """Inception FID vs `num` train images: each method at its best step count and, with `references`, the
     real-vs-real floor (other train images) and the teacher at 32 Euler steps."""
     from fewstep.data.animal_mnist import load_animal_mnist, to_model_range
-    from fewstep.evaluation.animal_mnist import generate, teacher_samples
+    from fewstep.evaluation.animal_mnist import student_samples, teacher_samples
     from fewstep.evaluation.frechet import frechet_distance
 
     train_images, _ = load_animal_mnist("train")  # stored class by class: a seeded random subset is class-balanced
@@ -260,8 +259,7 @@ def inception_fids(teacher, guidance: float, best: dict, num: int, references: b
         fids["teacher_32step"] = fid(teacher_samples(teacher, 32, guidance, num))
         print(fids, flush=True)
     for method, (objective, steps) in best.items():
-        gen = torch.Generator().manual_seed(7)
-        fids[f"{method}_{steps}step"] = fid(generate(lambda z, c: objective.sample(z, steps, c, gen), num))
+        fids[f"{method}_{steps}step"] = fid(student_samples(objective, steps, num))
         print(method, fids[f"{method}_{steps}step"], flush=True)
     return fids
 

@@ -20,7 +20,7 @@ from common import run_label, write_result  # noqa: E402
 
 
 def checkpoint_fds(run: str, student_steps: list[int], num_eval: int) -> dict[str, dict[str, float]]:
-    from fewstep.evaluation.animal_mnist import fd_to_test, generate
+    from fewstep.evaluation.animal_mnist import fd_to_test, student_samples
     from fewstep.runs import load_run
     from fewstep.training.checkpoint import checkpoint_root
 
@@ -28,11 +28,7 @@ def checkpoint_fds(run: str, student_steps: list[int], num_eval: int) -> dict[st
     for path in sorted(p for p in checkpoint_root(run).glob("step-*") if p.is_dir()):
         setup = load_run(run, str(path))
         setup.student.eval()
-        row = {}
-        for steps in student_steps:
-            sampler_generator = torch.Generator().manual_seed(7)
-            images = generate(lambda z, c: setup.objective.sample(z, steps, c, sampler_generator), num_eval)
-            row[f"{steps}step"] = fd_to_test(images)
+        row = {f"{steps}step": fd_to_test(student_samples(setup.objective, steps, num_eval)) for steps in student_steps}
         curve[path.name] = row
         print(run_label(run), path.name, row, flush=True)
     return curve
@@ -48,7 +44,10 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     steps = [int(v) for v in args.steps.split(",")]
     curves = {run_label(run): checkpoint_fds(run, steps, args.num_eval) for run in args.runs}
-    write_result(args.name, {"num_eval": args.num_eval, "noise_seed": 2024, "sampler_seed": 7, "runs": curves})
+    from fewstep.evaluation.animal_mnist import SAMPLER_SEED
+
+    write_result(args.name, {"num_eval": args.num_eval, "noise_seed": 2024, "sampler_seed": SAMPLER_SEED,
+                             "runs": curves})
 
 
 if __name__ == "__main__":

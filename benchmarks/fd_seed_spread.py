@@ -21,8 +21,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, run_label, write_result  # noqa: E402
 
@@ -45,7 +43,7 @@ def main() -> None:
     if len(seeds) < 2:
         parser.error("--seeds: give at least two seeds, or there is no spread to measure")
 
-    from fewstep.evaluation.animal_mnist import fd_to_test, generate, teacher_samples
+    from fewstep.evaluation.animal_mnist import fd_to_test, student_samples, teacher_samples
     from fewstep.runs import load_run
 
     students = {run_label(run): load_run(run) for run in args.runs}
@@ -56,8 +54,7 @@ def main() -> None:
         fd[teacher_key].append(fd_to_test(teacher_samples(first.teacher, args.teacher_steps, guidance,
                                                           args.num_eval, seed=seed)))
         for name, setup in students.items():
-            gen = torch.Generator().manual_seed(7)  # as bundled_task.py: only multistep sampling draws from it
-            x = generate(lambda z, c: setup.objective.sample(z, args.student_steps, c, gen), args.num_eval, seed=seed)
+            x = student_samples(setup.objective, args.student_steps, args.num_eval, seed=seed)
             fd[f"{name}_{args.student_steps}step"].append(fd_to_test(x))
         print(seed, {k: round(v[-1], 4) for k, v in fd.items()}, flush=True)
     models = {key: {"per_seed": values, **spread(values)} for key, values in fd.items()}

@@ -66,7 +66,7 @@ def _require_bundled_teacher(pretrained: str | None) -> None:
 @torch.no_grad()
 def _measure_animal_mnist(setup, config, out_dir: Path, n: int) -> tuple[list[dict], str]:
     from .data.animal_mnist import NUM_CLASSES
-    from .evaluation.animal_mnist import fd_to_test, floor_and_ceiling, generate, teacher_samples
+    from .evaluation.animal_mnist import fd_to_test, floor_and_ceiling, student_samples, teacher_samples
     from .training.visualize import save_image_grid
 
     guidance = config.objective.guidance_scale
@@ -77,8 +77,7 @@ def _measure_animal_mnist(setup, config, out_dir: Path, n: int) -> tuple[list[di
     rows += _manifest_rows(guidance)
     setup.student.eval()
     for steps in (1, 2):
-        generator = torch.Generator().manual_seed(7)
-        x = generate(lambda z, c: setup.objective.sample(z, steps, c, generator), n)
+        x = student_samples(setup.objective, steps, n)
         rows.append({"model": f"student ({config.objective.name})", "steps": steps, "score": fd_to_test(x)})
         save_image_grid(x[:40], out_dir / f"demo_student_{steps}step.png", nrow=NUM_CLASSES)
     rows.append({"model": "real train images (floor)", "steps": 0, "score": floor_and_ceiling(n)["train_vs_test"]})

@@ -54,6 +54,17 @@ def generate(sampler: Sampler, n: int, seed: int = 2024, batch: int = 250) -> Te
                       for i in range(0, n, batch)])
 
 
+SAMPLER_SEED = 7  # seeds the generator a multistep student re-noises from between its steps
+
+
+@torch.no_grad()
+def student_samples(objective: torch.nn.Module, steps: int, n: int, seed: int = 2024) -> Tensor:
+    """n class-balanced samples of a trained student (`objective.sample` with `steps` steps) from noise seeded by `seed`,
+    its re-noising drawn from a generator seeded SAMPLER_SEED: how the demo and every benchmark score a student."""
+    generator = torch.Generator().manual_seed(SAMPLER_SEED)
+    return generate(lambda z, c: objective.sample(z, steps, c, generator), n, seed)
+
+
 @torch.no_grad()
 def teacher_samples(teacher: torch.nn.Module, steps: int, guidance_scale: float, n: int, grid: str = "uniform",
                     seed: int = 2024) -> Tensor:

@@ -225,17 +225,21 @@ class ContinuousConsistencyDistillation(Objective):
     optimiser and one phase, so training u in the student's own optimiser step needs no extra forward pass, and
     checkpoints / resume / load_run carry it with the student's state dict (the exported diffusers network does not).
     Spike guard: a tangent norm (in loss) or post-clip gradient norm (after the update) above spike_factor x its
-    running mean is logged as inf, which the trainer's NaN/Inf check turns into its stop path.
+    running mean is logged as inf, which the trainer's NaN/Inf check turns into its stop path. Drift guard: the same
+    for the running tangent norm above drift_factor x its level when the guards start (after the tangent warm-up),
+    a divergence spread over hundreds of updates that never spikes against a running mean.
     """
 
     divergence_hint = ("sCM diverged (NaN/Inf, or scm/tangent_spike / scm/grad_spike = inf: the tangent or gradient "
-                       "norm jumped above spike_factor x its running mean). Keep the time path in fp32 (do not cast "
+                       "norm jumped above spike_factor x its running mean; scm/tangent_drift = inf: the running "
+                       "tangent norm passed drift_factor x its post-warm-up level). Keep the time path in fp32 (do not cast "
                        "timesteps or time embeddings to fp16/bf16), lengthen objective.tangent_warmup_steps, lower the "
                        "learning rate, or set objective.tangent=finite_difference to rule out the JVP attention kernel")
 
     def __init__(self, student: Denoiser, teacher: Denoiser, loss: SCMLoss | None = None, *,
                  tangent_warmup_steps: int = 1000, adaptive_weighting: bool = True, weight_features: int = 128,
-                 mid_time: float = 1.1, gamma: float = 1.0, spike_factor: float = 100.0, spike_warmup: int = 20):
+                 mid_time: float = 1.1, gamma: float = 1.0, spike_factor: float = 100.0, spike_warmup: int = 20,
+                 drift_factor: float = 10.0):
         super().__init__()
         self.scm = loss or SCMLoss()
         self.student, self.teacher = student, teacher
@@ -245,11 +249,13 @@ class ContinuousConsistencyDistillation(Objective):
         if adaptive_weighting:
             student.scm_weight = AdaptiveWeight(sd, weight_features)
         self.tangent_warmup_steps, self.mid_time, self.gamma = tangent_warmup_steps, mid_time, gamma
-        self.spike_factor, self.spike_warmup = spike_factor, spike_warmup
-        # optimiser updates so far and the spike guard's running means: extra_state, so resume is exact
+        self.spike_factor, self.spike_warmup, self.drift_factor = spike_factor, spike_warmup, drift_factor
+        # optimiser updates so far, the guards' running means and the drift guard's reference level: extra_state, so
+        # resume is exact
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("tangent_norm_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("grad_norm_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("tangent_norm_reference", torch.zeros((), dtype=torch.float64))
         self._grad_spike = False
 
     def trainable_networks(self) -> dict[str, nn.Module]:
@@ -268,6 +274,8 @@ class ContinuousConsistencyDistillation(Objective):
         loss, logs = self.scm(self.student_tf, self.teacher_tf, batch.x0, batch.cond, generator, self.warmup, weight)
         if self._spiked(self.tangent_norm_mean, logs["scm/tangent_norm"]):
             logs["scm/tangent_spike"] = torch.tensor(math.inf)
+        if self._drifted():
+            logs["scm/tangent_drift"] = torch.tensor(math.inf)
         if self._grad_spike:
             logs["scm/grad_spike"] = torch.tensor(math.inf)
         loss = loss.mean()
@@ -287,6 +295,16 @@ class ContinuousConsistencyDistillation(Objective):
         running_mean.copy_(value if mean == 0 else 0.9 * running_mean + 0.1 * value)
         return spiked
 
+    def _drifted(self) -> bool:
+        """The running tangent norm above drift_factor x its value at the first update past both warm-ups (taken
+        then as the reference: a warm restart or an older checkpoint without one takes it on its first check)."""
+        if self.drift_factor <= 0 or int(self.updates) < max(self.tangent_warmup_steps, self.spike_warmup):
+            return False
+        if float(self.tangent_norm_reference) == 0:
+            self.tangent_norm_reference.copy_(self.tangent_norm_mean)
+            return False
+        return float(self.tangent_norm_mean) > self.drift_factor * float(self.tangent_norm_reference)
+
     @torch.no_grad()
     def after_update(self, phase: str) -> None:
         grads = [p.grad.detach().double().pow(2).sum() for p in self.student.parameters() if p.grad is not None]
@@ -294,11 +312,15 @@ class ContinuousConsistencyDistillation(Objective):
             self._grad_spike = self._spiked(self.grad_norm_mean, torch.stack(grads).sum().sqrt())
         self.updates += 1
 
+    GUARD_STATE = ("updates", "tangent_norm_mean", "grad_norm_mean", "tangent_norm_reference")
+
     def extra_state(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name).clone() for name in ("updates", "tangent_norm_mean", "grad_norm_mean")}
+        return {name: getattr(self, name).clone() for name in self.GUARD_STATE}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        for name in ("updates", "tangent_norm_mean", "grad_norm_mean"):
+        for name in self.GUARD_STATE:
+            if name == "tangent_norm_reference" and name not in state:
+                continue  # a checkpoint from before the drift guard: the reference is taken again on the next check
             getattr(self, name).copy_(state[name])
 
     def sampling_times(self, num_steps: int) -> list[float]:
@@ -352,6 +374,7 @@ class SCMConfig(StrictModel):
     gamma: float = 1.0  # sampler: 1 = consistency re-noise, 0 = deterministic DDIM-style jumps
     spike_factor: float = 100.0  # 0 disables the spike guard
     spike_warmup: int = 20
+    drift_factor: float = 10.0  # 0 disables the drift guard (running tangent norm vs its post-warm-up level)
 
 
 LOSS_KEYS = ("sigma_data", "p_mean", "p_std", "tangent_norm_c", "guidance_scale", "tangent", "fd_step", "jvp_attention",

@@ -2,33 +2,20 @@
 central difference taken here, its difference columns are those differences, and its ODE pairing puts the
 teacher's own Euler samples closer to the 64-step solution as the steps grow."""
 
-import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-from fewstep import distill
 from fewstep.objectives.scm import TrigFlowDenoiser
 from fewstep.runs import load_run
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_probe_tangent_and_ode_pairing(tmp_path, monkeypatch):
-    run = tmp_path / "scm_tiny"
-    assert distill.main(["--config", str(ROOT / "configs" / "scm_animal_mnist.yaml"), f"run.output_dir={run}",
-                         "run.trackers=[]", "run.progress_bar=false", "run.max_steps=1", "run.checkpoint_every=1",
-                         "run.num_samples=0", "data.batch_size=4"]) == 0
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    probe = importlib.import_module("consistency_probe")
-    monkeypatch.setattr(sys.modules["common"], "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(sys, "argv", ["consistency_probe.py", str(run), "--samples", "6", "--tangent-samples", "3",
-                                      "--times", "0.8", "--steps", "0.05"])
-    probe.main()
-    result = json.loads((tmp_path / "results" / "consistency_probe.json").read_text())["runs"]["scm_tiny"]
+def test_probe_tangent_and_ode_pairing(tiny_run, run_benchmark, results_dir):
+    run = tiny_run("scm_animal_mnist", "scm_tiny", 1)
+    probe = run_benchmark("consistency_probe", str(run), "--samples", "6", "--tangent-samples", "3", "--times", "0.8",
+                          "--steps", "0.05")
+    result = json.loads((results_dir / "consistency_probe.json").read_text())["runs"]["scm_tiny"]
     assert result["guidance_scale"] == 1.5
 
     pairing = result["ode_pairing_rms"]

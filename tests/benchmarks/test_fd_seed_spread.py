@@ -2,35 +2,20 @@
 same seed giving the same FD as bundled_task.py's generate-then-fd_to_test, mean/std as numpy's, paired gaps and
 ratios, written under --name."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from fewstep import distill
 from fewstep.evaluation.animal_mnist import fd_to_test, generate, teacher_samples
 from fewstep.runs import load_run
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_seed_spread_is_paired_and_matches_a_direct_evaluation(tmp_path, monkeypatch):
-    run = tmp_path / "sid_tiny"
-    assert distill.main(["--config", str(ROOT / "configs" / "sid_animal_mnist.yaml"), f"run.output_dir={run}",
-                         "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=2",
-                         "run.num_samples=0", "data.batch_size=4"]) == 0
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spread_module = importlib.import_module("fd_seed_spread")
-    common = sys.modules["common"]
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(spread_module, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(sys, "argv", ["fd_seed_spread.py", str(run), "--seeds", "3,4,5", "--num-eval", "60",
-                                      "--teacher-steps", "2", "--name", "spread_probe"])
-    spread_module.main()
-    out = json.loads((tmp_path / "results" / "spread_probe.json").read_text())
+def test_seed_spread_is_paired_and_matches_a_direct_evaluation(tiny_run, run_benchmark, results_dir):
+    run = tiny_run("sid_animal_mnist", "sid_tiny", 2)
+    run_benchmark("fd_seed_spread", str(run), "--seeds", "3,4,5", "--num-eval", "60", "--teacher-steps", "2",
+                  "--name", "spread_probe")
+    out = json.loads((results_dir / "spread_probe.json").read_text())
     teacher, student = out["models"]["teacher_2step"], out["models"]["sid_tiny_1step"]
     setup = load_run(run)
     direct = fd_to_test(generate(lambda z, c: setup.objective.sample(z, 1, c, torch.Generator().manual_seed(7)),
@@ -45,7 +30,7 @@ def test_seed_spread_is_paired_and_matches_a_direct_evaluation(tmp_path, monkeyp
     ratios = np.divide(student["per_seed"], teacher["per_seed"])
     assert np.isclose(student["over_teacher"]["mean"], ratios.mean())
     assert np.isclose(student["over_teacher"]["std"], ratios.std(ddof=1))
-    table = (tmp_path / "results" / "spread_probe.md").read_text()
+    table = (results_dir / "spread_probe.md").read_text()
     assert "| sid_tiny_1step | " in table and f"{student['mean']:.3f} ± {student['std']:.3f}" in table
     assert table.splitlines()[-3].endswith(f"| {ratios.mean():.3f} ± {ratios.std(ddof=1):.3f} |")
-    assert not (tmp_path / "results" / "fd_seed_spread.json").exists()
+    assert not (results_dir / "fd_seed_spread.json").exists()

@@ -1,16 +1,11 @@
 """benchmarks/regularizer_balance.py on a 2-step rCM run of the bundled task: its gradient norms equal a plain
 backward() through each term (the student's .grad), and the ratio it reports is theirs."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import torch
-from fewstep import distill
-from fewstep.runs import load_run
 
-ROOT = Path(__file__).resolve().parents[2]
+from fewstep.runs import load_run
 
 
 def _grad_norm_by_backward(loss: torch.Tensor, student: torch.nn.Module) -> float:
@@ -19,17 +14,10 @@ def _grad_norm_by_backward(loss: torch.Tensor, student: torch.nn.Module) -> floa
     return float(sum(p.grad.double().pow(2).sum() for p in student.parameters() if p.grad is not None) ** 0.5)
 
 
-def test_balance_matches_backward_through_each_term(tmp_path, monkeypatch):
-    run = tmp_path / "rcm_tiny"
-    assert distill.main(["--config", str(ROOT / "configs" / "rcm_animal_mnist.yaml"), f"run.output_dir={run}",
-                         "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=2",
-                         "run.num_samples=0", "data.batch_size=4", "objective.tangent_warmup_steps=1"]) == 0
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    balance = importlib.import_module("regularizer_balance")
-    monkeypatch.setattr(sys.modules["common"], "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(sys, "argv", ["regularizer_balance.py", "--run", str(run), "--batches", "2"])
-    balance.main()
-    row = json.loads((tmp_path / "results" / "regularizer_balance_rcm_tiny.json").read_text())["rows"][0]
+def test_balance_matches_backward_through_each_term(tiny_run, run_benchmark, results_dir):
+    run = tiny_run("rcm_animal_mnist", "rcm_tiny", 2, "objective.tangent_warmup_steps=1")
+    run_benchmark("regularizer_balance", "--run", str(run), "--batches", "2")
+    row = json.loads((results_dir / "regularizer_balance_rcm_tiny.json").read_text())["rows"][0]
 
     setup = load_run(run, training_state=True)
     objective = setup.objective

@@ -238,6 +238,46 @@ def test_tangent_spike_stops_training(tmp_path):
     assert int(setup.objective.updates) == 8
 
 
+def test_slow_tangent_drift_stops_training_where_the_spike_guard_does_not(tmp_path):
+    config = toy_config(tmp_path, "run.max_steps=80", "objective.spike_warmup=4", "objective.tangent_warmup_steps=0",
+                        "objective.drift_factor=10")
+    setup = build_setup(config)
+    objective = setup.objective
+    original = setup.student.forward
+
+    def drifting(x_t, t, cond=None):  # a time wiggle growing 20% per update from update 10: never a spike
+        out = original(x_t, t, cond)
+        amplitude = 0.0 if int(objective.updates) < 10 else 1e-3 * 1.2 ** (int(objective.updates) - 10)
+        return out + amplitude * torch.sin(50 * t).reshape(-1, 1).to(out)
+
+    setup.student.forward = drifting
+    trainer = Trainer(objective, setup.data, config.run, config.optimizers)
+    with pytest.raises(NonFiniteError, match=r"scm/tangent_drift") as stopped:
+        trainer.fit()
+    assert "'scm/tangent_spike': inf" not in str(stopped.value) and "drift_factor" in str(stopped.value)
+    norms = [h["scm/tangent_norm"] for h in trainer.history]
+    reference = float(objective.tangent_norm_reference)
+    assert 0 < reference < 2 * max(norms[:10])  # taken when the guards start, before the wiggle grew
+    assert max(a / b for a, b in zip(norms[1:], norms)) < 10  # no single update jumps: the spike guard cannot see it
+    assert float(objective.tangent_norm_mean) > 10 * reference
+
+
+def test_drift_guard_keeps_quiet_on_a_healthy_run_and_resumes_its_reference(tmp_path):
+    def run(out, steps, resume=None):
+        config = toy_config(out, f"run.max_steps={steps}", "objective.spike_warmup=4",
+                            "objective.tangent_warmup_steps=4", "objective.drift_factor=10")
+        setup = build_setup(config)
+        Trainer(setup.objective, setup.data, config.run, config.optimizers).fit(resume=resume)
+        return setup.objective
+
+    straight = run(tmp_path / "a", 40)
+    assert float(straight.tangent_norm_reference) > 0
+    run(tmp_path / "b", 20)
+    resumed = run(tmp_path / "b", 40, resume="latest")
+    assert float(resumed.tangent_norm_reference) == float(straight.tangent_norm_reference)
+    assert float(resumed.tangent_norm_mean) == float(straight.tangent_norm_mean)
+
+
 def test_resume_restores_the_update_counter_and_matches_a_straight_run(tmp_path):
     def run(out, steps, resume=None):
         config = toy_config(out, f"run.max_steps={steps}", "objective.tangent_warmup_steps=4")
