@@ -8,6 +8,12 @@ peak extra memory, and max relative error of o and tO against an fp32 MATH refer
 query rows (rows are independent, so the subset is exact). Then torch.func.jvp through a ~100M-param
 SD3-style transformer at 4096 tokens: fewstep processors vs diffusers' processors on MATH.
 Writes JSON to benchmarks/results/. Needs a CUDA GPU: exits with status 2 otherwise.
+
+    TRITON_INTERPRET=1 python benchmarks/jvp_attention.py --device cpu --seq-lens 40 --head-dims 32 --batch 1 \
+        --heads 2 --e2e-sample-size 4 --e2e-layers 1 --e2e-heads 2 --out /tmp/jvp_dry_run
+
+is a dry run of every code path on CPU, through Triton's interpreter (its timings mean nothing and its JSON says
+"dry_run": true), so the one GPU run a lent machine allows does not fail on a bug the CPU could have shown.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,14 +37,23 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fewstep.kernels.jvp_attention import IMPL_ENV  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 REF_ROWS = 512  # reference rows at each end of the sequence
 
 
 def measure(fn: Callable[[], Any], sdpa_ms: float | None) -> dict[str, Any]:
-    """Median ms (triton.testing.do_bench) and peak memory above what was allocated before the call."""
+    """Median ms (triton.testing.do_bench) and peak memory above what was allocated before the call; on a CPU dry run
+    one wall-clock call after a warm-up one, and no memory figure."""
     import triton.testing
 
+    if not torch.cuda.is_available():
+        fn()
+        start = time.perf_counter()
+        fn()
+        ms = 1e3 * (time.perf_counter() - start)
+        return {"ms": round(ms, 4), "x_sdpa_forward": round(ms / sdpa_ms, 2) if sdpa_ms else 1.0}
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
@@ -67,12 +84,19 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.float() - ref).abs().max() / ref.abs().max())
 
 
-def bench_shape(batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtype) -> dict[str, Any]:
+def sdpa_backward(q, k, v, do, ref_ms: float) -> dict[str, Any]:  # noqa: ANN001
+    """PyTorch SDPA's backward alone (its graph is freed on return, before the next, larger measurement)."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    o_sdpa = F.scaled_dot_product_attention(*leaves)
+    return measure(lambda: torch.autograd.grad(o_sdpa, leaves, do, retain_graph=True), ref_ms)
+
+
+def bench_shape(batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtype, device: str) -> dict[str, Any]:
     from fewstep.kernels import attention
 
     ops = torch.ops.fewstep
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, tq, tk, tv, do = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=dtype, generator=gen)
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v, tq, tk, tv, do = (torch.randn(batch, heads, n, head_dim, device=device, dtype=dtype, generator=gen)
                                for _ in range(7))
     scale = 1.0 / math.sqrt(head_dim)
     row = {"N": n, "D": head_dim, "B": batch, "H": heads, "dtype": str(dtype)}
@@ -84,10 +108,7 @@ def bench_shape(batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtyp
     row["fewstep_forward_jvp_fused"] = measure(lambda: ops.attention_fwd_jvp(q, k, v, tq, tk, tv, None, scale), ref_ms)
     row["fewstep_func_jvp"] = measure(lambda: torch.func.jvp(attention, (q, k, v), (tq, tk, tv)), ref_ms)
     row["fewstep_backward"] = measure(lambda: ops.attention_bwd(do, None, q, k, v, None, o, lse, scale), ref_ms)
-    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    o_sdpa = F.scaled_dot_product_attention(*leaves)
-    row["sdpa_backward"] = measure(lambda: torch.autograd.grad(o_sdpa, leaves, do, retain_graph=True), ref_ms)
-    del o_sdpa, leaves
+    row["sdpa_backward"] = sdpa_backward(q, k, v, do, ref_ms)
 
     def math_jvp():  # noqa: ANN202
         with sdpa_kernel(SDPBackend.MATH):
@@ -95,7 +116,8 @@ def bench_shape(batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtyp
 
     row["math_func_jvp"] = measure(math_jvp, ref_ms)
 
-    rows = torch.cat([torch.arange(min(REF_ROWS, n)), torch.arange(max(n - REF_ROWS, REF_ROWS), n)]).cuda()
+    rows = (torch.arange(n) if n <= 2 * REF_ROWS else  # REF_ROWS at each end
+            torch.cat([torch.arange(REF_ROWS), torch.arange(n - REF_ROWS, n)])).to(device)
     o_ref, to_ref = reference_rows(q, k, v, (tq, tk, tv), rows)
     o_fused, to_fused, _, _ = ops.attention_fwd_jvp(q, k, v, tq, tk, tv, None, scale)
     o_auto, to_auto = torch.func.jvp(attention, (q, k, v), (tq, tk, tv))
@@ -114,21 +136,24 @@ def bench_shape(batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtyp
     return row
 
 
-def end_to_end(dtype: torch.dtype, batch: int) -> dict[str, Any]:
-    """torch.func.jvp through an SD3-style joint-attention transformer at 4096 image tokens + 77 text."""
+def end_to_end(dtype: torch.dtype, batch: int, device: str, sample_size: int = 128, layers: int = 5,
+               heads: int = 12) -> dict[str, Any]:
+    """torch.func.jvp through an SD3-style joint-attention transformer at (sample_size / 2)^2 image tokens (4096 by
+    default) + 77 text; 5 layers of 12 heads make it ~100M parameters."""
     from diffusers import SD3Transformer2DModel
 
     from fewstep.kernels import jvp_attention_enabled
 
-    model = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=5,
-                                  attention_head_dim=64, num_attention_heads=12, joint_attention_dim=768,
-                                  caption_projection_dim=768, pooled_projection_dim=768,
-                                  pos_embed_max_size=128).to("cuda", dtype).eval().requires_grad_(False)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    x, tx = (torch.randn(batch, 16, 128, 128, device="cuda", dtype=dtype, generator=gen) for _ in range(2))
-    text = torch.randn(batch, 77, 768, device="cuda", dtype=dtype, generator=gen)
-    pooled = torch.randn(batch, 768, device="cuda", dtype=dtype, generator=gen)
-    t = torch.full((batch,), 500.0, device="cuda")
+    model = SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=16, out_channels=16,
+                                  num_layers=layers, attention_head_dim=64, num_attention_heads=heads, joint_attention_dim=768,
+                                  caption_projection_dim=64 * heads, pooled_projection_dim=768,
+                                  pos_embed_max_size=sample_size).to(device, dtype).eval().requires_grad_(False)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x, tx = (torch.randn(batch, 16, sample_size, sample_size, device=device, dtype=dtype, generator=gen)
+             for _ in range(2))
+    text = torch.randn(batch, 77, 768, device=device, dtype=dtype, generator=gen)
+    pooled = torch.randn(batch, 768, device=device, dtype=dtype, generator=gen)
+    t = torch.full((batch,), 500.0, device=device)
 
     def fn(xt):  # noqa: ANN001, ANN202
         return model(xt, encoder_hidden_states=text, pooled_projections=pooled, timestep=t).sample
@@ -138,7 +163,7 @@ def end_to_end(dtype: torch.dtype, batch: int) -> dict[str, Any]:
             return torch.func.jvp(fn, (x,), (tx,))
 
     result: dict[str, Any] = {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-                              "tokens": 4096 + 77, "batch": batch}
+                              "tokens": (sample_size // 2) ** 2 + 77, "batch": batch}
     result["sdpa_forward"] = measure(lambda: fn(x), None)
     result["math_func_jvp"] = measure(math_jvp, result["sdpa_forward"]["ms"])
     with jvp_attention_enabled(model):
@@ -156,35 +181,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--no-end-to-end", action="store_true")
+    parser.add_argument("--e2e-sample-size", type=int, default=128, help="latent side of the end-to-end model")
+    parser.add_argument("--e2e-layers", type=int, default=5, help="transformer blocks of the end-to-end model")
+    parser.add_argument("--e2e-heads", type=int, default=12, help="attention heads (of 64) of the end-to-end model")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="cpu: a dry run through Triton's interpreter (needs TRITON_INTERPRET=1)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    dry_run = args.device == "cpu"
+    if dry_run and os.environ.get("TRITON_INTERPRET") != "1":
+        print("--device cpu is a dry run through Triton's interpreter: set TRITON_INTERPRET=1 before starting "
+              "python (the kernels are decorated at import).", file=sys.stderr)
+        return 2
+    if not dry_run and not torch.cuda.is_available():
         print("benchmarks/jvp_attention.py needs a CUDA GPU (the Triton kernels compile for GPUs only; "
-              "on CPU fewstep falls back to MATH attention, which this benchmark is not about).", file=sys.stderr)
+              "on CPU fewstep falls back to MATH attention, which this benchmark is not about). "
+              "--device cpu with TRITON_INTERPRET=1 dry-runs it.", file=sys.stderr)
         return 2
     import triton
 
+    impl_before = os.environ.get(IMPL_ENV)
+    if dry_run:
+        os.environ[IMPL_ENV] = "triton"  # the CPU tensors go through the kernels, not MATH
+    try:
+        path = run(args, dry_run, triton.__version__)
+    finally:
+        if impl_before is None:
+            os.environ.pop(IMPL_ENV, None)
+        else:
+            os.environ[IMPL_ENV] = impl_before
+    print(f"wrote {path}")
+    return 0
+
+
+def run(args: argparse.Namespace, dry_run: bool, triton_version: str) -> Path:
     dtype = torch.bfloat16
     report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "device": "cpu (Triton interpreter)" if dry_run else torch.cuda.get_device_name(), "dry_run": dry_run,
+        "torch": torch.__version__, "triton": triton_version,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]), "kernels": []}
     for head_dim in args.head_dims:
         for n in args.seq_lens:
-            row = bench_shape(args.batch, args.heads, n, head_dim, dtype)
+            row = bench_shape(args.batch, args.heads, n, head_dim, dtype, args.device)
             report["kernels"].append(row)
             print(json.dumps({key: row[key] for key in ("N", "D")} | {
                 name: row[name].get("x_sdpa_forward", row[name].get("status"))
                 for name in row if isinstance(row[name], dict) and ("ms" in row[name] or "status" in row[name])}))
     if not args.no_end_to_end:
-        report["end_to_end"] = end_to_end(dtype, args.batch)
+        report["end_to_end"] = end_to_end(dtype, args.batch, args.device, args.e2e_sample_size, args.e2e_layers,
+                                          args.e2e_heads)
         print(json.dumps(report["end_to_end"]))
     args.out.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in report["device"]).strip("-").lower()
     path = args.out / f"jvp_attention-{slug}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(report, indent=2))
-    print(f"wrote {path}")
-    return 0
+    return path
 
 
 if __name__ == "__main__":

@@ -22,6 +22,32 @@ MAX_HEAD_DIM = 256
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def _patch_interpreter_bf16_dot() -> None:
+    """Triton's interpreter multiplies the raw uint16 bit patterns of bfloat16 `tl.dot` operands
+    (triton-lang/triton#11584, "not supported yet"). Upcasting them first is exact (bf16 ⊂ fp32), i.e.
+    what an MMA with fp32 accumulation computes, so the interpreted kernels (the CPU tests, the benchmark's dry run)
+    run unchanged. Compiled kernels never reach this code."""
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder, "_fewstep_bf16_dot", False):
+        return
+    original = builder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # noqa: ANN001
+        a = self.cast_impl(a, tl.float32) if a.dtype.scalar == tl.bfloat16 else a
+        b = self.cast_impl(b, tl.float32) if b.dtype.scalar == tl.bfloat16 else b
+        return original(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    builder.create_dot = create_dot
+    builder._fewstep_bf16_dot = True
+
+
+if INTERPRET:
+    _patch_interpreter_bf16_dot()
+
+
 def _prune(configs: list, named_args: dict, **kwargs: object) -> list:
     """Drop tiles too large for shared memory / registers at big head dims (the autotuner would skip
     them after a failed compile anyway; pruning saves that time)."""

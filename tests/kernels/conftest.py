@@ -39,31 +39,6 @@ def _interpreter_ready() -> bool:
 IN_PROCESS = _interpreter_ready()
 
 
-def _patch_interpreter_bf16_dot() -> None:
-    """Triton's interpreter multiplies the raw uint16 bit patterns of bfloat16 `tl.dot` operands
-    (triton-lang/triton#11584, "not supported yet"). Upcasting them first is exact (bf16 ⊂ fp32), i.e.
-    what an MMA with fp32 accumulation computes, so the kernels themselves are tested unchanged."""
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    if getattr(builder, "_fewstep_bf16_dot", False):
-        return
-    original = builder.create_dot
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # noqa: ANN001
-        a = self.cast_impl(a, tl.float32) if a.dtype.scalar == tl.bfloat16 else a
-        b = self.cast_impl(b, tl.float32) if b.dtype.scalar == tl.bfloat16 else b
-        return original(self, a, b, d, input_precision, max_num_imprecise_acc)
-
-    builder.create_dot = create_dot
-    builder._fewstep_bf16_dot = True
-
-
-if IN_PROCESS and not HAS_CUDA:
-    _patch_interpreter_bf16_dot()
-
-
 @pytest.fixture(scope="package")
 def device() -> torch.device:
     """Where the kernel tests run: the GPU when there is one (compiled), else CPU (interpreted)."""
