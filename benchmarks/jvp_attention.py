@@ -221,10 +221,14 @@ def run(args: argparse.Namespace, dry_run: bool, triton_version: str) -> Path:
         "torch": torch.__version__, "triton": triton_version,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]), "kernels": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in report["device"]).strip("-").lower()
+    path = args.out / f"jvp_attention-{slug}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     for head_dim in args.head_dims:
         for n in args.seq_lens:
             row = bench_shape(args.batch, args.heads, n, head_dim, dtype, args.device)
             report["kernels"].append(row)
+            path.write_text(json.dumps(report, indent=2))  # after every row: a run cut short keeps what it measured
             print(json.dumps({key: row[key] for key in ("N", "D")} | {
                 name: row[name].get("x_sdpa_forward", row[name].get("status"))
                 for name in row if isinstance(row[name], dict) and ("ms" in row[name] or "status" in row[name])}))
@@ -232,9 +236,6 @@ def run(args: argparse.Namespace, dry_run: bool, triton_version: str) -> Path:
         report["end_to_end"] = end_to_end(dtype, args.batch, args.device, args.e2e_sample_size, args.e2e_layers,
                                           args.e2e_heads)
         print(json.dumps(report["end_to_end"]))
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in report["device"]).strip("-").lower()
-    path = args.out / f"jvp_attention-{slug}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(report, indent=2))
     return path
 
