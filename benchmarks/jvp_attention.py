@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -200,16 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
-    impl_before = os.environ.get(IMPL_ENV)
-    if dry_run:
-        os.environ[IMPL_ENV] = "triton"  # the CPU tensors go through the kernels, not MATH
-    try:
+    # a dry run sends the CPU tensors through the kernels, not MATH, and leaves the environment as it found it
+    with mock.patch.dict(os.environ, {IMPL_ENV: "triton"} if dry_run else {}):
         path = run(args, dry_run, triton.__version__)
-    finally:
-        if impl_before is None:
-            os.environ.pop(IMPL_ENV, None)
-        else:
-            os.environ[IMPL_ENV] = impl_before
     print(f"wrote {path}")
     return 0
 
