@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(json.dumps({"task": args.task, "metric": metric, "train_seconds": train_seconds,
                                "train_steps": config.run.max_steps, "rows": rows}, indent=2))
     print(f"results: {out}; sample grids: {args.output_dir}/demo_*.png")
+    if args.task == "animal_mnist":
+        print(f"export the student as a diffusers folder: fewstep export {args.output_dir} --format full --out exports/demo")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .diffusion import sampling_times, solver_step
+from .diffusion import solver_grid, solver_step
 from .models.base import Cond, Denoiser
 from .objectives.base import initial_state, time_like
 
@@ -17,12 +17,7 @@ def sample_ode(denoiser: Denoiser, noise: Tensor, num_steps: int, cond: Cond | N
     """Deterministic teacher sampling (Euler / DDIM / Heun) on the diffusers grid of `num_steps`, or on an
     even grid in path time (`grid="uniform"`: fairer at 1-4 steps, where diffusers' flow grid spends
     its last step between sigma 0.001 and 0)."""
-    if grid == "uniform":
-        times = torch.linspace(denoiser.path.t_max, max(denoiser.path.t_min, 0.0), num_steps + 1, dtype=torch.float64)
-    elif grid == "diffusers":
-        times = sampling_times(denoiser.path, num_steps, **schedule_kwargs)
-    else:
-        raise ValueError(f"grid must be 'diffusers' or 'uniform', got {grid!r}")
+    times = solver_grid(denoiser.path, num_steps, grid, **schedule_kwargs)
     times = times.to(noise.device)
     x = initial_state(noise, denoiser.path, times[0])
     denoise = denoiser.denoise_fn(cond, guidance_scale)

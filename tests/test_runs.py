@@ -1,7 +1,6 @@
 """Run directories as generators: `fewstep bench RUN_DIR` end to end with a user feature network."""
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch

@@ -34,14 +34,18 @@ def euler_step(x_t: Tensor, t: Tensor, t_next: Tensor, velocity: Tensor) -> Tens
 
 
 def heun_step(x_t: Tensor, t: Tensor, t_next: Tensor, denoise: DenoiseFn, path: GaussianPath) -> Tensor:
-    """Heun's 2nd-order step (EDM Alg. 1); falls back to Euler when t_next is the clean end."""
+    """Heun's 2nd-order step (EDM Alg. 1); Euler for the samples whose t_next is the clean end (per sample: a
+    training batch mixes last and inner steps, and a denoiser may be undefined at sigma 0)."""
     x0, eps = denoise(x_t, t)
     v1 = pf_ode_velocity(x0, eps, t, path)
     x_euler = euler_step(x_t, t, t_next, v1)
-    if bool((path.sigma(t_next) <= 0).all()):
+    clean = path.sigma(t_next) <= 0
+    if bool(clean.all()):
         return x_euler
-    x0_2, eps_2 = denoise(x_euler, t_next)
-    v2 = pf_ode_velocity(x0_2, eps_2, t_next, path)
+    t_eval = torch.where(clean, t, t_next)  # clean samples are evaluated somewhere harmless, their result unused
+    clean_x = clean.reshape(-1, *[1] * (x_t.dim() - 1)) if clean.dim() else clean
+    x0_2, eps_2 = denoise(torch.where(clean_x, x_t, x_euler), t_eval)
+    v2 = torch.where(clean_x, v1, pf_ode_velocity(x0_2, eps_2, t_eval, path))
     return euler_step(x_t, t, t_next, (v1 + v2) / 2)
 
 

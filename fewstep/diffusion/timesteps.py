@@ -71,6 +71,16 @@ def sampling_times(path: GaussianPath, num_steps: int, **scheduler_kwargs: Any) 
     raise TypeError(f"no sampling grid for path {type(path).__name__}")
 
 
+def solver_grid(path: GaussianPath, num_steps: int, grid: str = "diffusers", **scheduler_kwargs: Any) -> Tensor:
+    """num_steps + 1 decreasing times for a teacher solver: diffusers' grid (`sampling_times`), or an even grid in
+    path time (`grid="uniform"`: at a few steps diffusers' flow grid spends a whole step between sigma 0.001 and 0)."""
+    if grid == "uniform":
+        return torch.linspace(path.t_max, max(path.t_min, 0.0), num_steps + 1, dtype=torch.float64)
+    if grid == "diffusers":
+        return sampling_times(path, num_steps, **scheduler_kwargs)
+    raise ValueError(f"grid must be 'diffusers' or 'uniform', got {grid!r}")
+
+
 def sample_training_times(path: GaussianPath, n: int, generator: torch.Generator | None = None,
                           distribution: str = "uniform", *, mean: float = 0.0, std: float = 1.0,
                           shift: float = 1.0, device: torch.device | str = "cpu") -> Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .families import ExportFamily
 from .schedulers import FewStepScheduler
@@ -33,7 +33,9 @@ def benchmark_sections(run_dir: Path, base_model: str) -> list[tuple[str, str]]:
     return found
 
 
-def model_card(info: dict[str, Any], spec: FewStepScheduler, family: ExportFamily, run_dir: Path) -> str:
+def model_card(info: dict[str, Any], spec: FewStepScheduler, family: ExportFamily, run_dir: Path,
+               absent: Sequence[str] = ()) -> str:
+    """The export's README.md; `absent`: pipeline components saved as null, which loading must pass as None."""
     fmt, base = info["format"], info["base_model"]
     steps = spec.recommended_steps
     n = steps[0]
@@ -43,9 +45,10 @@ def model_card(info: dict[str, Any], spec: FewStepScheduler, family: ExportFamil
     own = spec.library != "diffusers"  # fewstep's own scheduler: its module must be imported before loading
     imports = "import diffusers" + (f"\nimport {spec.library}  # the shipped scheduler's class" if own else "")
     scheduler_cls = f"{spec.library}.{spec.class_name}"
+    none_kwargs = "".join(f", {name}=None" for name in absent)  # e.g. a pixel-space DiT has no VAE
     if not family.text:
         load = (f"{imports}\n"
-                f"pipe = diffusers.{family.pipeline_class}.from_pretrained('EXPORT_DIR')\n"
+                f"pipe = diffusers.{family.pipeline_class}.from_pretrained('EXPORT_DIR'{none_kwargs})\n"
                 f"# {family.pipeline_class} cannot take custom timesteps / class labels: run its loop with the\n"
                 f"# shipped scheduler (fewstep.export.families.scheduler_loop does exactly this), or\n"
                 f"#   fewstep sample --model EXPORT_DIR --steps {n} --class 0")

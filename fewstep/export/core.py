@@ -287,7 +287,8 @@ def _write(run: RunExport, fmt: str, folder: Path, torch_dtype: torch.dtype, dty
     if unsafe:
         raise ExportError(f"non-safetensors weight files were written: {unsafe}")
     (folder / INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True))
-    (folder / "README.md").write_text(model_card(info, spec, family, run.run_dir))
+    absent = list(absent_components(folder)) if info["format"] == "full" else []
+    (folder / "README.md").write_text(model_card(info, spec, family, run.run_dir, absent))
     return info
 
 
@@ -340,7 +341,7 @@ def load_export(path: str | Path, base: Any = None, dtype: str | torch.dtype | N
         from .. import schedulers  # noqa: F401  (diffusers loads a model_index.json's fewstep.schedulers only once imported)
 
         with _quiet_diffusers():
-            pipe = pipeline_class(family).from_pretrained(str(path), torch_dtype=torch_dtype)
+            pipe = pipeline_class(family).from_pretrained(str(path), torch_dtype=torch_dtype, **absent_components(path))
         if info.get("lora_unfused"):
             report = load_lora_strict(pipe, family, path, weight_name=info["weight_name"])
     else:
@@ -352,6 +353,13 @@ def load_export(path: str | Path, base: Any = None, dtype: str | torch.dtype | N
         pipe.scheduler = spec.build()
         report = load_lora_strict(pipe, family, path, weight_name=info["weight_name"])
     return LoadedExport(pipe, family, spec, info, path, report)
+
+
+def absent_components(folder: Path) -> dict[str, None]:
+    """Components a full export saved as null (the bundled pixel-space DiT has no VAE): diffusers' from_pretrained
+    refuses to load the folder unless they are passed as None explicitly."""
+    index = json.loads((folder / "model_index.json").read_text())
+    return {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
 
 
 def _check_base(pipe: Any, family: ExportFamily, info: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import StrictModel
-from ..diffusion import apply_lcm_boundary, lcm_boundary_scalings, sampling_times, solver_step
+from ..diffusion import apply_lcm_boundary, lcm_boundary_scalings, solver_grid, solver_step
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, renoise_sample
 
@@ -56,6 +56,7 @@ class ConsistencyTeacherConfig(StrictModel):
     huber_c: float = 0.00054
     guidance_scale: float = 1.0
     guidance_range: tuple[float, float] | None = None
+    grid: Literal["diffusers", "uniform"] = "diffusers"  # uniform: every step does work (diffusion.solver_grid)
     schedule: dict[str, float | str | int | bool] = {}
 
 
@@ -122,15 +123,16 @@ class ConsistencyDistillation(EMATargetObjective):
     def __init__(self, student: Denoiser, teacher: Denoiser, *, num_timesteps: int = 50, solver: str = "ddim",
                  target_ema_decay: float = 0.95, loss: Literal["l2", "pseudo_huber"] = "l2", huber_c: float = 0.00054,
                  guidance_scale: float = 1.0, guidance_range: tuple[float, float] | None = None,
-                 sigma_data: float = 0.5, timestep_scaling: float = 10.0, schedule_kwargs: dict | None = None):
+                 sigma_data: float = 0.5, timestep_scaling: float = 10.0, grid: str = "diffusers",
+                 schedule_kwargs: dict | None = None):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.teacher.requires_grad_(False)
         self.target_ema_decay = target_ema_decay
         self.make_target()
         # the solver grid, decreasing to the boundary (VP ends at timestep 0 as LCM does)
-        grid = sampling_times(teacher.path, num_timesteps, **(schedule_kwargs or {}))
-        self.register_buffer("grid", grid.clamp(min=max(teacher.path.t_min, 0.0)), persistent=False)
+        times = solver_grid(teacher.path, num_timesteps, grid, **(schedule_kwargs or {}))
+        self.register_buffer("grid", times.clamp(min=max(teacher.path.t_min, 0.0)), persistent=False)
         self.boundary = BoundaryCondition(student, float(self.grid[-1]), sigma_data, timestep_scaling)
         self.solver, self.loss_kind, self.huber_c = solver, loss, huber_c
         self.guidance_scale, self.guidance_range = guidance_scale, guidance_range

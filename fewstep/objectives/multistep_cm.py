@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import ddim_step, sampling_times
+from ..diffusion import ddim_step, solver_grid
 from ..models.base import Cond, Denoiser
 from .base import Batch, Objective, consistency_sample
 from .consistency import ConsistencyTeacherConfig, EMATargetObjective, consistency_distance, teacher_step_pair
@@ -48,7 +48,7 @@ class MultistepConsistencyDistillation(EMATargetObjective):
     def __init__(self, student: Denoiser, teacher: Denoiser, *, num_timesteps: int = 50, segments: int | list[int] = 4,
                  stage_steps: list[int] | None = None, solver: str = "ddim", target_ema_decay: float = 0.95,
                  loss: Literal["l2", "pseudo_huber"] = "l2", huber_c: float = 0.00054, guidance_scale: float = 1.0,
-                 guidance_range: tuple[float, float] | None = None, gamma: float = 0.0,
+                 guidance_range: tuple[float, float] | None = None, gamma: float = 0.0, grid: str = "diffusers",
                  schedule_kwargs: dict | None = None):
         super().__init__()
         self.student, self.teacher = student, teacher
@@ -62,7 +62,7 @@ class MultistepConsistencyDistillation(EMATargetObjective):
                              f"change of segments {self.segment_stages}; got {self.stage_steps}")
         for k in self.segment_stages:
             segment_edges(num_timesteps, k)  # validates
-        self.register_buffer("grid", sampling_times(teacher.path, num_timesteps, **(schedule_kwargs or {})),
+        self.register_buffer("grid", solver_grid(teacher.path, num_timesteps, grid, **(schedule_kwargs or {})),
                              persistent=False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # saved in extra_state
         self.num_timesteps, self.solver = num_timesteps, solver
@@ -148,7 +148,7 @@ def _build_mcm(cfg: MCMConfig, student: Denoiser, teacher: Denoiser) -> Objectiv
     return MultistepConsistencyDistillation(
         student, teacher, num_timesteps=cfg.num_timesteps, segments=cfg.segments, stage_steps=cfg.stage_steps,
         solver=cfg.solver, target_ema_decay=cfg.target_ema_decay, loss=cfg.loss, huber_c=cfg.huber_c,
-        guidance_scale=cfg.guidance_scale, guidance_range=cfg.guidance_range, gamma=cfg.gamma,
+        guidance_scale=cfg.guidance_scale, guidance_range=cfg.guidance_range, gamma=cfg.gamma, grid=cfg.grid,
         schedule_kwargs=dict(cfg.schedule))
 
 

@@ -32,7 +32,8 @@ def _build_cd(cfg: CDConfig, student: Denoiser, teacher: Denoiser) -> Objective:
     return ConsistencyDistillation(
         student, teacher, num_timesteps=cfg.num_timesteps, solver=cfg.solver, target_ema_decay=cfg.target_ema_decay,
         loss=cfg.loss, huber_c=cfg.huber_c, guidance_scale=cfg.guidance_scale, guidance_range=cfg.guidance_range,
-        sigma_data=cfg.sigma_data, timestep_scaling=cfg.timestep_scaling, schedule_kwargs=dict(cfg.schedule))
+        sigma_data=cfg.sigma_data, timestep_scaling=cfg.timestep_scaling, grid=cfg.grid,
+        schedule_kwargs=dict(cfg.schedule))
 
 
 register("cd", CDConfig, _build_cd)

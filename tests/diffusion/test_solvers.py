@@ -286,6 +286,22 @@ def test_heun_falls_back_to_euler_at_clean_end():
     torch.testing.assert_close(out, euler_step(x, t, tn, pf_ode_velocity(x0, eps, t, path)))
 
 
+def test_heun_mixed_batch_steps_each_sample_as_alone_and_never_evaluates_sigma_zero():
+    path = FlowPath()
+    base = _gauss_denoise(path)
+
+    def denoise(x, t):
+        assert bool((path.sigma(t) > 0).all()), t  # a training batch's last-step samples must not reach sigma 0
+        return base(x, t)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(19), dtype=torch.float64)
+    t = torch.tensor([0.3, 0.3, 0.8, 0.5], dtype=torch.float64)
+    tn = torch.tensor([0.0, 0.1, 0.6, 0.0], dtype=torch.float64)
+    out = heun_step(x, t, tn, denoise, path)
+    for i in range(4):
+        alone = heun_step(x[i:i + 1], t[i:i + 1], tn[i:i + 1], base, path)
+        torch.testing.assert_close(out[i:i + 1], alone, rtol=1e-12, atol=1e-12)
+
+
 def test_solver_step_unknown_name():
     with pytest.raises(ValueError, match="unknown solver"):
         solver_step("dpm++", torch.zeros(1, 1), torch.ones(1), torch.zeros(1), _gauss_denoise(FlowPath()), FlowPath())

@@ -12,7 +12,8 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from scipy import stats
 
 from fewstep.diffusion import (EDMPath, FlowPath, GaussianPath, TrigFlowPath, VPPath, dynamic_shift_mu,
-                               exponential_time_shift, sample_training_times, sampling_times, shift_sigma)
+                               exponential_time_shift, sample_training_times, sampling_times, shift_sigma,
+                               solver_grid)
 
 from ._common import SD_SCHEDULE, get_path
 
@@ -134,6 +135,15 @@ def test_bad_grids_raise():
         alpha = sigma = d_alpha_sigma = t_from_log_snr = lambda self, t: t  # noqa: E731
     with pytest.raises(TypeError, match="no sampling grid"):
         sampling_times(Other(), 2)
+
+
+@pytest.mark.parametrize("path,end", [(FlowPath(), 1.0), (VPPath.from_scheduler_config(), 999.0)])
+def test_solver_grid_is_diffusers_or_even_in_path_time(path, end):
+    np.testing.assert_array_equal(solver_grid(path, 8).numpy(), sampling_times(path, 8).numpy())
+    np.testing.assert_allclose(solver_grid(path, 8, "uniform").numpy(), end * np.arange(8, -1, -1) / 8, rtol=1e-15,
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="'diffusers' or 'uniform'"):
+        solver_grid(path, 8, "even")
 
 
 # ---------------------------------------------------------------- training-time distributions

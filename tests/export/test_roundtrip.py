@@ -224,3 +224,28 @@ def test_full_export_with_fewsteps_own_scheduler_loads_with_from_pretrained(tmp_
     assert pipe.scheduler.config.gamma == 0.5
     assert "import fewstep.schedulers" in (folder / "README.md").read_text()
     check_round_trip(open_run(run_dir), load_export(folder), monkeypatch)
+
+
+def test_bundled_pixel_space_dit_full_export_round_trips(tmp_path, monkeypatch):
+    """The bundled task's student (a 1-channel pixel-space DiT, no VAE; CD on the even Heun grid) exports as a full
+    DiTPipeline folder that loads the way its model card says (vae=None) and reproduces the trainer's sampler."""
+    import diffusers
+
+    from fewstep import distill
+    from fewstep.export import export_run
+    root = Path(__file__).resolve().parents[2]
+
+    run_dir = tmp_path / "run"
+    assert distill.main(["--config", str(root / "configs" / "cd_heun_long_animal_mnist.yaml"), f"run.output_dir={run_dir}",
+                         "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=0",
+                         "run.num_samples=0", "data.batch_size=4"]) == 0
+    folder = export_run(run_dir, "full", tmp_path / "export")
+    card = (folder / "README.md").read_text()
+    assert "DiTPipeline.from_pretrained('EXPORT_DIR', vae=None)" in card
+    pipe = diffusers.DiTPipeline.from_pretrained(str(folder), vae=None)
+    assert pipe.vae is None and pipe.transformer.config.in_channels == 1
+    loaded = load_export(folder)
+    loaded.pipe.set_progress_bar_config(disable=True)
+    run = open_run(run_dir)
+    run.setup.data.next_batch(torch.Generator().manual_seed(0))  # the bundled data learns its shape from a batch
+    check_round_trip(run, loaded, monkeypatch)

@@ -1,6 +1,7 @@
 """Consistency distillation: boundary condition against diffusers' LCMScheduler, and the
 student beating its teacher at equal steps on the exact Gaussian-mixture task."""
 
+import pytest
 import torch
 from diffusers import LCMScheduler
 
@@ -47,9 +48,22 @@ def test_pseudo_huber_matches_its_formula():
     torch.testing.assert_close(consistency_distance(pred, target, "l2", 0.0), ((pred - target) ** 2).flatten(1).mean(1))
 
 
-def test_cd_student_beats_teacher_at_equal_steps_on_the_exact_toy(tmp_path):
+@pytest.mark.parametrize("recipe", ["mcm_toy", "cd_toy"])
+def test_uniform_grid_reaches_the_objective(recipe, tmp_path):
+    config = load_config(f"configs/{recipe}.yaml", [f"run.output_dir={tmp_path}", "objective.grid=uniform",
+                                                    "objective.num_timesteps=8"])
+    grid = build_setup(config).objective.grid
+    torch.testing.assert_close(grid, torch.linspace(1, 0, 9, dtype=torch.float64).to(grid.dtype))
+    with pytest.raises(ValueError, match="grid"):
+        load_config(f"configs/{recipe}.yaml", ["objective.grid=even"])
+
+
+# the diffusers Euler grid, and a short Heun grid even in time (configs/cd_heun_long_animal_mnist.yaml's choice)
+@pytest.mark.parametrize("teacher_grid", [[], ["objective.grid=uniform", "objective.solver=heun",
+                                               "objective.num_timesteps=8"]])
+def test_cd_student_beats_teacher_at_equal_steps_on_the_exact_toy(teacher_grid, tmp_path):
     config = load_config("configs/cd_toy.yaml", [f"run.output_dir={tmp_path}", "run.trackers=[]", "run.progress_bar=false",
-                                                 "run.num_samples=0"])
+                                                 "run.num_samples=0", *teacher_grid])
     setup = build_setup(config)
     mixture = setup.teacher.mixture
     noise = torch.randn(1500, 2, generator=torch.Generator().manual_seed(0))

@@ -2,9 +2,10 @@
 
 Trains the toy CD recipe for a few steps and writes, per rank, the student's weights and the
 noise/time draws of that rank's step generator, so the test can compare ranks. Arguments after the recipe
-are config overrides.
+are config overrides. With PROBE_NAN_RANK=r set, rank r's loss turns NaN from its third step on.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,17 @@ from fewstep.config import load_config
 from fewstep.training.trainer import Trainer, make_accelerator, step_generator
 
 
+def poison_loss(objective: torch.nn.Module, from_call: int) -> None:
+    """Make this rank's loss NaN from its `from_call`-th call on: a divergence only one replica sees."""
+    loss, calls = objective.loss, []
+
+    def nan_loss(*args, **kwargs):
+        calls.append(1)
+        value, logs = loss(*args, **kwargs)
+        return (value * float("nan") if len(calls) >= from_call else value), logs
+    objective.loss = nan_loss
+
+
 def main(out_dir: str, max_steps: int, resume: str | None, recipe: str = "cd_toy.yaml", *overrides: str) -> None:
     root = Path(__file__).resolve().parents[2]
     toy = recipe.endswith("_toy.yaml")
@@ -25,6 +37,8 @@ def main(out_dir: str, max_steps: int, resume: str | None, recipe: str = "cd_toy
         *overrides])
     accelerator = make_accelerator(config.run)
     setup = build_setup(config, accelerator.device, accelerator.process_index, accelerator.num_processes)
+    if os.environ.get("PROBE_NAN_RANK") == str(accelerator.process_index):
+        poison_loss(setup.objective, from_call=3)
     trainer = Trainer(setup.objective, setup.data, config.run, config.optimizers, None, accelerator)
     trainer.fit(resume=resume)
     rank = accelerator.process_index

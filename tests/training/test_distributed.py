@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,17 @@ pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None and not (Path
                                 reason="accelerate launcher not installed")
 
 
-def launch(out: Path, steps: int, resume: str | None = None, recipe: str | None = None, *overrides: str) -> None:
+def launch(out: Path, steps: int, resume: str | None = None, recipe: str | None = None, *overrides: str,
+           extra_env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
     accelerate = str(Path(sys.executable).parent / "accelerate")
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + os.getpid() % 1000),
            str(PROBE), str(out), str(steps), resume or "-"] + ([recipe, *overrides] if recipe else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "ACCELERATE_USE_CPU": "true"}
+           "ACCELERATE_USE_CPU": "true", **(extra_env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0 or not check, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
 
 
 def test_two_processes_sync_gradients_and_resume(tmp_path):
@@ -92,3 +95,17 @@ def test_accelerate_launch_module_entry(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "step-00000003" / "model.safetensors").is_file()
+
+
+def test_a_nan_on_one_rank_stops_every_rank_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Rank 1 alone diverges at step 3: the launch fails fast (the launcher stops the replica left waiting in an
+    all-reduce), the error names the step and the last good checkpoint, and that checkpoint (step 2) is intact."""
+    start = time.perf_counter()
+    proc = launch(tmp_path, 5, None, "cd_toy.yaml", "run.checkpoint_every=2", extra_env={"PROBE_NAN_RANK": "1"},
+                  check=False)
+    assert proc.returncode != 0 and time.perf_counter() - start < 300
+    assert "NonFiniteError: non-finite values at step 3" in proc.stderr, proc.stderr[-3000:]
+    assert "last good checkpoint: " in proc.stderr and "step-00000002" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-00000002"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+    assert load_file(tmp_path / "checkpoints" / "step-00000002" / "model.safetensors")
