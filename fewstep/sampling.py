@@ -14,11 +14,9 @@ from .objectives.base import initial_state, time_like
 def sample_ode(denoiser: Denoiser, noise: Tensor, num_steps: int, cond: Cond | None = None,
                guidance_scale: float = 1.0, solver: str = "euler", grid: str = "diffusers",
                **schedule_kwargs: object) -> Tensor:
-    """Deterministic teacher sampling (Euler / DDIM / Heun) on the diffusers grid of `num_steps`, or on an
-    even grid in path time (`grid="uniform"`: fairer at 1-4 steps, where diffusers' flow grid spends
-    its last step between sigma 0.001 and 0)."""
-    times = solver_grid(denoiser.path, num_steps, grid, **schedule_kwargs)
-    times = times.to(noise.device)
+    """Deterministic teacher sampling (Euler / DDIM / Heun) on `diffusion.solver_grid`'s grid of `num_steps`
+    (diffusers' own, or `grid="uniform"`: even in path time, fairer at 1-4 steps)."""
+    times = solver_grid(denoiser.path, num_steps, grid, **schedule_kwargs).to(noise.device)
     x = initial_state(noise, denoiser.path, times[0])
     denoise = denoiser.denoise_fn(cond, guidance_scale)
     for t, t_next in zip(times[:-1], times[1:]):

@@ -43,7 +43,7 @@ def heun_step(x_t: Tensor, t: Tensor, t_next: Tensor, denoise: DenoiseFn, path: 
     if bool(clean.all()):
         return x_euler
     t_eval = torch.where(clean, t, t_next)  # clean samples are evaluated somewhere harmless, their result unused
-    clean_x = clean.reshape(-1, *[1] * (x_t.dim() - 1)) if clean.dim() else clean
+    clean_x = expand_like(clean, x_t) > 0
     x0_2, eps_2 = denoise(torch.where(clean_x, x_t, x_euler), t_eval)
     v2 = torch.where(clean_x, v1, pf_ode_velocity(x0_2, eps_2, t_eval, path))
     return euler_step(x_t, t, t_next, (v1 + v2) / 2)
