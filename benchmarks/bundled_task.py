@@ -12,6 +12,10 @@ budget and measure FD (bundled classifier features, vs the held-out test split) 
                                                             #   --out by earlier runs, or at each recipe's own
                                                             #   run.output_dir (FD rows, + Inception FID),
                                                             #   merged into the results like --merge
+    python benchmarks/bundled_task.py --withdraw cd_long --withdraw-steps 2,4 --why "..."
+                                                            # no evaluation: drop rows (and Inception FIDs) that a
+                                                            #   code fix made wrong and whose students are gone,
+                                                            #   recording why; re-evaluating a method clears it
 
 Writes benchmarks/results/bundled_task.json, bundled_task.md and bundled_task.png.
 """
@@ -51,6 +55,10 @@ def distil(method: str, train_steps: int | None, out_root: Path):
                  *([f"run.max_steps={train_steps}"] if train_steps else [])]
     recipe = REPO / "configs" / f"{method}_animal_mnist.yaml"
     config = load_config(recipe, overrides)
+    pretrained = config.model.pretrained
+    if pretrained and pretrained.startswith("runs/") and not (REPO / pretrained).is_dir():
+        raise SystemExit(f"{method} distils {pretrained}, which is not there yet: {recipe.name}'s comment says how "
+                         "to make it")
     pairs = getattr(config.objective, "regression_pairs", None)
     if pairs:  # DMD's regression loss: teacher ODE pairs, made once with the recipe's documented command
         pairs = Path(pairs) if Path(pairs).is_absolute() else REPO / pairs
@@ -111,11 +119,24 @@ def reload(method: str, out_root: Path):
     from fewstep.config import build_config
     from fewstep.runs import load_run
 
+    from fewstep.training.checkpoint import resolve_checkpoint
+
     run_dir = saved_run(method, out_root)
     config = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    checkpoint = finished_checkpoint(resolve_checkpoint(run_dir, "latest"), config.run.max_steps)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     seconds = sum(r["time/step_seconds"] for r in rows) if all("time/step_seconds" in r for r in rows) else None
-    return load_run(run_dir), config, seconds
+    return load_run(run_dir, str(checkpoint)), config, seconds
+
+
+def finished_checkpoint(checkpoint: Path, max_steps: int) -> Path:
+    """The checkpoint itself if it holds the final student; a run still training is refused (its latest checkpoint
+    is an earlier one, which once got scored as the final student)."""
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    if step < max_steps:
+        raise SystemExit(f"{checkpoint.parent.parent} has trained {step} of its {max_steps} steps (latest checkpoint "
+                         f"{checkpoint.name}): wait for it to finish, then rerun")
+    return checkpoint
 
 
 def inception_stats(images: torch.Tensor):
@@ -141,7 +162,19 @@ def main() -> None:
     parser.add_argument("--from-runs", action="store_true",
                         help="no training: evaluate the methods' final students saved under --out or at their recipes' "
                              "run.output_dir (implies --merge)")
+    parser.add_argument("--withdraw", default="", help="methods whose rows at --withdraw-steps to drop (see --why)")
+    parser.add_argument("--withdraw-steps", default="2,4")
+    parser.add_argument("--why", default="", help="the reason recorded with each withdrawn row (required)")
     args = parser.parse_args()
+    if args.withdraw:
+        if not args.why:
+            parser.error("--withdraw needs --why: the JSON and the table say why each row went")
+        with results_lock():
+            payload = withdrawn(read_results(), args.withdraw.split(","),
+                                {int(s) for s in args.withdraw_steps.split(",")}, args.why)
+            write_result("bundled_task", {k: v for k, v in payload.items() if k != "environment"})
+        write_table_and_plot(payload)
+        return
     merge = args.merge or args.from_runs
     methods = [m for m in args.methods.split(",") if m]
     previous = read_results() if merge else None
@@ -227,8 +260,28 @@ def merged(previous: dict, payload: dict, methods: list[str], shipped: set[str])
     new = payload.get("inception_fid_vs_train", {})
     values.update(new.get("values", {}))
     out = {**payload, "rows": rows, "training": times}
+    kept = {m: w for m, w in previous.get("withdrawn", {}).items() if m not in stale}
+    if kept:
+        out["withdrawn"] = kept
     if values:
         out["inception_fid_vs_train"] = {"num_samples": new.get("num_samples") or old["num_samples"], "values": values}
+    return out
+
+
+def withdrawn(previous: dict, methods: list[str], steps: set[int], why: str) -> dict:
+    """`previous` without `methods`' rows and Inception FIDs at `steps`, each withdrawal recorded with `why`: for
+    figures a code fix made wrong whose saved students are gone. Their other rows stay."""
+    unknown = set(methods) - {r["model"] for r in previous["rows"]}
+    if unknown:
+        raise SystemExit(f"--withdraw: no rows for {sorted(unknown)} in benchmarks/results/bundled_task.json")
+
+    out = {**previous, "rows": [r for r in previous["rows"] if not (r["model"] in methods and r["steps"] in steps)]}
+    inception = previous.get("inception_fid_vs_train")
+    if inception:  # a method's keys read "<method>_<steps>step"
+        values = {k: v for k, v in inception["values"].items()
+                  if not (inception_subject(k) in methods and int(k.rsplit("_", 1)[1].removesuffix("step")) in steps)}
+        out["inception_fid_vs_train"] = {**inception, "values": values}
+    out["withdrawn"] = {**previous.get("withdrawn", {}), **{m: {"steps": sorted(steps), "why": why} for m in methods}}
     return out
 
 
@@ -278,6 +331,11 @@ def write_table_and_plot(payload: dict) -> None:
     for m in models:
         lines.append(f"| {m} | " + " | ".join(f"{table[(m, s)]:.2f}" if (m, s) in table else "" for s in steps) + " |")
     ref = payload["reference"]
+    reasons: dict[tuple, list[str]] = {}
+    for m, w in payload.get("withdrawn", {}).items():
+        reasons.setdefault((tuple(w["steps"]), w["why"]), []).append(m)
+    for (withdrawn_steps, why), ms in reasons.items():
+        lines.append(f"\n{', '.join(ms)}: {', '.join(map(str, withdrawn_steps))}-step figures withdrawn ({why}).")
     lines.append(f"\nFloor (real train vs test): {ref['train_vs_test']:.2f}; noise vs test: {ref['noise_vs_test']:.1f}; "
                  f"{payload['num_eval']} samples per cell.")
     inception = payload.get("inception_fid_vs_train")

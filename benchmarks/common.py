@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def environment() -> dict[str, Any]:
     return {"device": device, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "accelerate": accelerate.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv])}
+            "command": shlex.join([Path(sys.executable).name, *sys.argv])}  # quoted: it reruns as is
 
 
 def run_label(run: str | Path) -> str:

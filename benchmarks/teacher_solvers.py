@@ -4,9 +4,11 @@ diffusers' flow grid (what CD trained on until `objective.grid`) or on an even t
 
     python benchmarks/teacher_solvers.py
     python benchmarks/teacher_solvers.py --rows heun:uniform:8,euler:diffusers:16 --num 1000
+    python benchmarks/teacher_solvers.py --teacher runs/teacher_dense_time --name teacher_solvers_dense_time \
+        --rows euler:uniform:32,euler:uniform:8,euler:uniform:4   # another teacher folder (scripts/retime_teacher.py)
 
-Writes benchmarks/results/teacher_solvers.json: one row per solver x grid x steps, with the teacher's forward passes
-per sample (Heun: 2 per step but 1 on the step to sigma 0) and the sampling seconds on this machine.
+Writes benchmarks/results/<name>.json (default teacher_solvers): one row per solver x grid x steps, with the teacher's
+forward passes per sample (Heun: 2 per step but 1 on the step to sigma 0) and the sampling seconds on this machine.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help="solver:grid:steps, comma separated")
     parser.add_argument("--num", type=int, default=1000, help="samples per row (the bundled task's 1000)")
     parser.add_argument("--guidance", type=float, default=1.5, help="CFG scale (the bundled recipes' 1.5)")
+    parser.add_argument("--teacher", default=None, help="a diffusers DiT folder (default: the bundled teacher)")
+    parser.add_argument("--name", default="teacher_solvers", help="the results file's name")
     args = parser.parse_args()
 
     from fewstep.data.animal_mnist import TEACHER_DIR
@@ -42,7 +46,7 @@ def main() -> None:
     from fewstep.models import load_denoiser
     from fewstep.sampling import sample_ode
 
-    teacher = load_denoiser("dit", TEACHER_DIR).eval()
+    teacher = load_denoiser("dit", args.teacher or TEACHER_DIR).eval()
     results = []
     for solver, grid, steps in parse_rows(args.rows):
         start = time.perf_counter()
@@ -53,8 +57,9 @@ def main() -> None:
         results.append({"solver": solver, "grid": grid, "steps": steps, "teacher_forwards": forwards,
                         "fd": fd_to_test(images), "seconds": seconds})
         print(results[-1], flush=True)
-    write_result("teacher_solvers", {"num_samples": args.num, "guidance_scale": args.guidance, "seed": 2024,
-                                     "metric": "FD, bundled classifier features, vs test split", "rows": results})
+    write_result(args.name, {"teacher": str(args.teacher or TEACHER_DIR), "num_samples": args.num,
+                             "guidance_scale": args.guidance, "seed": 2024,
+                             "metric": "FD, bundled classifier features, vs test split", "rows": results})
 
 
 if __name__ == "__main__":

@@ -52,6 +52,17 @@ def flow_matching_loss(model: DiTTransformer2DModel, path: FlowPath, x0: torch.T
     return (velocity - path.velocity(x0, eps, t)).square().mean()
 
 
+def clipped_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, where: str) -> None:
+    """One optimizer step with the gradient norm clipped to 1; a non-finite loss stops the run first (`where`: the
+    step and what was kept)."""
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"non-finite loss at {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
 def atomic_save(obj: object, target: Path) -> None:
     """Write to a temp file then os.replace, so a kill mid-write never leaves a broken checkpoint."""
     tmp = target.with_suffix(target.suffix + ".tmp")
@@ -100,12 +111,7 @@ def train(args: argparse.Namespace) -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         loss = flow_matching_loss(model, path, data.pixel_values[index], data.class_labels[index], generator)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt_path}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        clipped_step(model, optimizer, loss, f"step {step}; last good checkpoint kept at {ckpt_path}")
         ema.step(model.parameters())
         step += 1
         running.append(loss.item())

@@ -153,9 +153,12 @@ class ConsistencyDistillation(EMATargetObjective):
         return loss, {"cd_loss": loss.detach()}
 
     def sampling_grid(self, num_steps: int) -> Tensor:
-        """num_steps times picked evenly from the training grid (LCMScheduler's 'leading' skip)."""
-        index = torch.linspace(0, len(self.grid) - 2, num_steps).round().long()
-        return self.grid[index]
+        """num_steps of the grid's times before the boundary, spaced as LCMScheduler.set_timesteps picks them from
+        its training schedule (indices floor(i N / n)): the last one stays clear of the boundary."""
+        num_times = len(self.grid) - 1
+        if not 1 <= num_steps <= num_times:
+            raise ValueError(f"num_steps must be in [1, num_timesteps={num_times}], got {num_steps}")
+        return self.grid[torch.arange(num_steps, device=self.grid.device) * num_times // num_steps]
 
     def export_scheduler(self, steps: tuple[int, ...] = (1, 2, 4)):
         """The diffusers scheduler + exact timesteps/sigmas that reproduce `sample` (used by `fewstep export`):

@@ -49,6 +49,49 @@ def test_merge_replaces_only_the_run_methods():
     assert "sid" not in out["training"] and out["inception_fid_vs_train"]["values"] == {"teacher_32step": 76.0}
 
 
+def test_withdraw_drops_only_the_named_rows_and_a_re_evaluation_clears_it():
+    namespace = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")
+    withdrawn, merged = namespace["withdrawn"], namespace["merged"]
+    on_disk = results([("cd", 1, 6.8), ("cd", 2, 6.7), ("cd", 4, 2.1), ("sid", 2, 4.0), ("teacher (Euler, CFG 1.5)", 4, 2.0)],
+                      {"cd": {"train_steps": 600}, "sid": {"train_steps": 300}},
+                      {"real_train_images": 3.0, "teacher_32step": 76.0, "cd_4step": 90.0, "sid_2step": 100.0})
+    out = withdrawn(on_disk, ["cd"], {2, 4}, "sampler fixed")
+    assert [(r["model"], r["steps"]) for r in out["rows"]] == [("cd", 1), ("sid", 2), ("teacher (Euler, CFG 1.5)", 4)]
+    assert out["inception_fid_vs_train"]["values"] == {"real_train_images": 3.0, "teacher_32step": 76.0, "sid_2step": 100.0}
+    assert out["withdrawn"] == {"cd": {"steps": [2, 4], "why": "sampler fixed"}}
+    assert on_disk["rows"][1] == {"model": "cd", "steps": 2, "fd": 6.7}  # the input is not edited
+    with pytest.raises(SystemExit, match="vsd"):
+        withdrawn(on_disk, ["vsd"], {2}, "x")
+    shipped = {"cd", "sid"}
+    assert merged(out, results([("sid", 2, 3.0)], {"sid": {"train_steps": 300}}), ["sid"], shipped)["withdrawn"] == {
+        "cd": {"steps": [2, 4], "why": "sampler fixed"}}  # kept through other methods' merges
+    assert "withdrawn" not in merged(out, results([("cd", 2, 3.0)], {"cd": {"train_steps": 600}}), ["cd"], shipped)
+
+
+def test_from_runs_refuses_a_run_still_training(tmp_path):
+    finished_checkpoint = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"),
+                                         run_name="bundled_task")["finished_checkpoint"]
+    checkpoint = tmp_path / "runs" / "cd_long" / "checkpoints" / "step-00001500"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"step": 1500}')
+    with pytest.raises(SystemExit, match="1500 of its 2000 steps.*wait for it to finish"):
+        finished_checkpoint(checkpoint, 2000)
+    assert finished_checkpoint(checkpoint, 1500) == checkpoint
+
+
+def test_a_recipe_on_a_teacher_not_made_yet_is_refused_with_the_recipe_named(tmp_path, monkeypatch):
+    distil = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")["distil"]
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    for name in ("scm_dense_long", "scm_long", "scm"):  # the recipe and its bases
+        recipe = f"{name}_animal_mnist.yaml"
+        (repo / "configs" / recipe).write_text((ROOT / "configs" / recipe).read_text())
+    monkeypatch.setitem(distil.__globals__, "REPO", repo)
+    with pytest.raises(SystemExit, match="runs/teacher_dense_time, which is not there yet: "
+                                         "scm_dense_long_animal_mnist.yaml's comment"):
+        distil("scm_dense_long", 1, tmp_path / "bench")
+
+
 def test_saved_run_prefers_the_benchmark_run_then_the_recipe_output_dir(tmp_path, monkeypatch):
     namespace = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")
     saved_run = namespace["saved_run"]

@@ -100,7 +100,8 @@ def check_round_trip(run, loaded, monkeypatch, call_kwargs=None):
                 exact = objective.sample(noise, n, cond, torch.Generator().manual_seed(7))
             err_exact = float((out.float() - exact).abs().max())
             assert err_exact <= RTOL * scale, (n, err_exact, scale)
-            assert err <= 3 * spec.max_boundary_error * scale, (n, err, spec.max_boundary_error, scale)
+            # the left-out boundary term, or float32 round-off where that term is smaller still
+            assert err <= max(3 * spec.max_boundary_error, RTOL) * scale, (n, err, spec.max_boundary_error, scale)
         else:
             assert err <= RTOL * scale, (n, err, scale)
         first = out if first is None else first

@@ -77,3 +77,23 @@ def test_cd_student_beats_teacher_at_equal_steps_on_the_exact_toy(teacher_grid, 
     assert student[1] < 0.3 * teacher[1], (student, teacher)
     assert student[2] < 0.3 * teacher[2], (student, teacher)
     assert student[1] < 0.3 * before, (student[1], before)
+
+
+@pytest.mark.parametrize("num_timesteps", [8, 16, 50])
+def test_sampler_picks_the_grid_times_lcm_scheduler_picks(num_timesteps, tmp_path):
+    """Multistep sampling visits the training-grid positions that diffusers' LCMScheduler.set_timesteps visits on an
+    LCM trained with as many grid steps; the last time stays clear of the boundary (diffusers' flow grid ends in a
+    step from sigma 0.001 to 0, which the old round(linspace(0, N - 1, n)) spent its last sampling step on)."""
+    config = load_config("configs/cd_toy.yaml", [f"run.output_dir={tmp_path}", f"objective.num_timesteps={num_timesteps}"])
+    objective = build_setup(config).objective
+    lcm = LCMScheduler(original_inference_steps=num_timesteps)
+    skip = lcm.config.num_train_timesteps // num_timesteps
+    for num_steps in range(1, 9):
+        lcm.set_timesteps(num_steps)
+        lcm_positions = [num_timesteps - (int(t) + 1) // skip for t in lcm.timesteps]  # in its decreasing schedule
+        times = objective.sampling_grid(num_steps)
+        positions = [int((objective.grid == t).nonzero()) for t in times]
+        assert positions == lcm_positions
+    assert objective.sampling_grid(2)[-1] >= 0.4 * objective.grid[0]
+    with pytest.raises(ValueError, match="num_steps"):
+        objective.sampling_grid(num_timesteps + 1)
