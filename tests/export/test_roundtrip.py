@@ -20,6 +20,8 @@ off, and (b) agreement with the real student within 3 * max_boundary_error * max
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,19 +229,28 @@ def test_full_export_with_fewsteps_own_scheduler_loads_with_from_pretrained(tmp_
     check_round_trip(open_run(run_dir), load_export(folder), monkeypatch)
 
 
-def test_bundled_pixel_space_dit_full_export_round_trips(tmp_path, monkeypatch):
-    """The bundled task's student (a 1-channel pixel-space DiT, no VAE; CD on the even Heun grid) exports as a full
-    DiTPipeline folder that loads the way its model card says (vae=None) and reproduces the trainer's sampler."""
+@pytest.mark.parametrize("recipe", ["cd_heun_long", "scm_dense_long"])
+def test_bundled_pixel_space_dit_full_export_round_trips(recipe, tmp_path, monkeypatch):
+    """The bundled task's student (a 1-channel pixel-space DiT, no VAE; CD on the even Heun grid, or sCM on the
+    teacher re-timed to timestep = t, whose scheduler then says num_train_timesteps 1) exports as a full DiTPipeline
+    folder that loads the way its model card says (vae=None) and reproduces the trainer's sampler."""
     import diffusers
 
     from fewstep import distill
     from fewstep.export import export_run
     root = Path(__file__).resolve().parents[2]
 
+    overrides = []
+    if recipe == "scm_dense_long":  # a re-timed teacher made the way the recipe says, fitted for one step only
+        dense = tmp_path / "teacher_dense_time"
+        proc = subprocess.run([sys.executable, "scripts/retime_teacher.py", "--out", str(dense), "--steps", "1",
+                               "--batch-size", "2"], capture_output=True, text=True, cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        overrides = [f"model.pretrained={dense}"]
     run_dir = tmp_path / "run"
-    assert distill.main(["--config", str(root / "configs" / "cd_heun_long_animal_mnist.yaml"), f"run.output_dir={run_dir}",
+    assert distill.main(["--config", str(root / "configs" / f"{recipe}_animal_mnist.yaml"), f"run.output_dir={run_dir}",
                          "run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=0",
-                         "run.num_samples=0", "data.batch_size=4"]) == 0
+                         "run.num_samples=0", "data.batch_size=4", *overrides]) == 0
     folder = export_run(run_dir, "full", tmp_path / "export")
     card = (folder / "README.md").read_text()
     assert "DiTPipeline.from_pretrained('EXPORT_DIR', vae=None)" in card
@@ -250,3 +261,4 @@ def test_bundled_pixel_space_dit_full_export_round_trips(tmp_path, monkeypatch):
     run = open_run(run_dir)
     run.setup.data.next_batch(torch.Generator().manual_seed(0))  # the bundled data learns its shape from a batch
     check_round_trip(run, loaded, monkeypatch)
+    assert loaded.pipe.scheduler.config.num_train_timesteps == run.setup.student.path.num_train_timesteps
