@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def velocity_fit_loss(copy: DiTTransformer2DModel, copy_path: FlowPath, teacher:
     return (copy(x_t, copy_path.model_timestep(t), labels).sample - target).square().mean()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default=TEACHER)
     parser.add_argument("--out", required=True)
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     teacher = DiTTransformer2DModel.from_pretrained(args.teacher, subfolder="transformer").eval().requires_grad_(False)
     copy = DiTTransformer2DModel.from_pretrained(args.teacher, subfolder="transformer").eval()  # no internal dropout
@@ -88,7 +89,7 @@ def main() -> None:
     FlowMatchEulerDiscreteScheduler(num_train_timesteps=args.num_train_timesteps, shift=1.0).save_pretrained(
         out / "scheduler")
     (out / "retime.json").write_text(json.dumps({
-        "command": "python " + " ".join(sys.argv), "source": args.teacher, "args": vars(args),
+        "command": shlex.join(["python", "scripts/retime_teacher.py", *(sys.argv[1:] if argv is None else argv)]), "source": args.teacher, "args": vars(args),
         "velocity_mse": log, "minutes": (time.time() - start) / 60}, indent=2))
     print(f"wrote {out}")
 

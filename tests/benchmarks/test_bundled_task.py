@@ -3,6 +3,8 @@ else on disk (other methods, the teacher, rows another run wrote meanwhile) is k
 whose recipe is gone are dropped. Every warm-restart recipe starts from exactly one other recipe's run."""
 
 import runpy
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -79,7 +81,7 @@ def test_from_runs_refuses_a_run_still_training(tmp_path):
     assert finished_checkpoint(checkpoint, 1500) == checkpoint
 
 
-def test_a_recipe_on_a_teacher_not_made_yet_is_refused_with_the_recipe_named(tmp_path, monkeypatch):
+def test_a_recipe_on_a_teacher_not_made_yet_makes_it_first_or_names_its_recipe(tmp_path, monkeypatch):
     distil = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")["distil"]
     repo = tmp_path / "repo"
     (repo / "configs").mkdir(parents=True)
@@ -87,9 +89,20 @@ def test_a_recipe_on_a_teacher_not_made_yet_is_refused_with_the_recipe_named(tmp
         recipe = f"{name}_animal_mnist.yaml"
         (repo / "configs" / recipe).write_text((ROOT / "configs" / recipe).read_text())
     monkeypatch.setitem(distil.__globals__, "REPO", repo)
-    with pytest.raises(SystemExit, match="runs/teacher_dense_time, which is not there yet: "
-                                         "scm_dense_long_animal_mnist.yaml's comment"):
+    made = []
+
+    def fake_retime(argv):  # stands in for scripts/retime_teacher.py's main (half an hour of CPU)
+        made.append(argv)
+        raise RuntimeError("made")
+
+    monkeypatch.setitem(sys.modules, "retime_teacher", types.SimpleNamespace(main=fake_retime))
+    with pytest.raises(RuntimeError, match="made"):
         distil("scm_dense_long", 1, tmp_path / "bench")
+    assert made == [["--out", str(repo / "runs" / "teacher_dense_time")]]
+    (repo / "configs" / "scm_other_animal_mnist.yaml").write_text(
+        "base: scm_long_animal_mnist.yaml\nmodel: {pretrained: runs/some_teacher}\n")
+    with pytest.raises(SystemExit, match="runs/some_teacher, which is not there yet: scm_other_animal_mnist.yaml"):
+        distil("scm_other", 1, tmp_path / "bench")
 
 
 def test_saved_run_prefers_the_benchmark_run_then_the_recipe_output_dir(tmp_path, monkeypatch):

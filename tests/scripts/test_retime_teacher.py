@@ -36,6 +36,7 @@ def test_a_short_run_writes_a_folder_that_loads_with_the_dense_time_feed(tmp_pat
     assert proc.returncode == 0, proc.stderr
     record = json.loads((out / "retime.json").read_text())
     assert record["args"]["num_train_timesteps"] == 1 and len(record["velocity_mse"]) == 1
+    assert record["command"] == f"python scripts/retime_teacher.py --out {out} --steps 2 --batch-size 4"
     denoiser = load_denoiser("dit", str(out)).eval()
     assert denoiser.path.num_train_timesteps == 1
     x_t, t = torch.randn(2, 1, 28, 28), torch.tensor([0.3, 0.9])
