@@ -124,7 +124,6 @@ def reload(method: str, out_root: Path):
 
     from fewstep.config import build_config
     from fewstep.runs import load_run
-
     from fewstep.training.checkpoint import resolve_checkpoint
 
     run_dir = saved_run(method, out_root)

@@ -12,8 +12,9 @@ teacher's conditional and unconditional velocities (CFG) and nothing else change
 `num_train_timesteps` of its scheduler config: FlowMatchEulerDiscreteScheduler passes sigma * num_train_timesteps as
 the timestep, so a diffusers pipeline and fewstep's FlowPath both feed the copy its dense time with no code of ours.
 
-Usage:  python scripts/retime_teacher.py --out runs/teacher_dense_time            # then
-        python scripts/eval_teacher.py --teacher runs/teacher_dense_time            # its FD per Euler step count
+Usage:  python scripts/retime_teacher.py --out runs/teacher_dense_time            # then its FD per Euler step count:
+        python benchmarks/teacher_solvers.py --teacher runs/teacher_dense_time --name teacher_solvers_dense_time \
+            --rows euler:uniform:32,euler:uniform:8,euler:uniform:4
 Writes a diffusers folder (transformer/, scheduler/) plus retime.json (command, fit, time).
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
+from diffusers.optimization import get_cosine_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fewstep.data.animal_mnist import NUM_CLASSES, AnimalMNIST  # noqa: E402
+from fewstep.data.animal_mnist import NUM_CLASSES, TEACHER_DIR, AnimalMNIST  # noqa: E402
 from fewstep.diffusion.paths import FlowPath  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_teacher import clipped_step  # noqa: E402
 
-TEACHER = "assets/animal_mnist/teacher"
 LABEL_DROPOUT = 0.1  # the teacher's own training rate (DiT's LabelEmbedding), so CFG keeps working
 
 
@@ -54,7 +54,7 @@ def velocity_fit_loss(copy: DiTTransformer2DModel, copy_path: FlowPath, teacher:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default=TEACHER)
+    parser.add_argument("--teacher", default=str(TEACHER_DIR))
     parser.add_argument("--out", required=True)
     parser.add_argument("--num-train-timesteps", type=int, default=1, help="the copy's timestep is t times this")
     parser.add_argument("--steps", type=int, default=2000)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher_path, copy_path = FlowPath(1000), FlowPath(args.num_train_timesteps)
     data = AnimalMNIST("train")
     optimizer = torch.optim.AdamW(copy.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / args.steps)))
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=args.steps)
     generator = torch.Generator().manual_seed(args.seed)
     start, running, log = time.time(), [], []
     for step in range(1, args.steps + 1):
@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     copy.save_pretrained(out / "transformer", safe_serialization=True)
     FlowMatchEulerDiscreteScheduler(num_train_timesteps=args.num_train_timesteps, shift=1.0).save_pretrained(
         out / "scheduler")
-    (out / "retime.json").write_text(json.dumps({
-        "command": shlex.join(["python", "scripts/retime_teacher.py", *(sys.argv[1:] if argv is None else argv)]), "source": args.teacher, "args": vars(args),
-        "velocity_mse": log, "minutes": (time.time() - start) / 60}, indent=2))
+    command = shlex.join(["python", "scripts/retime_teacher.py", *(sys.argv[1:] if argv is None else argv)])
+    (out / "retime.json").write_text(json.dumps({"command": command, "source": args.teacher, "args": vars(args),
+                                                 "velocity_mse": log, "minutes": (time.time() - start) / 60}, indent=2))
     print(f"wrote {out}")
 
 
