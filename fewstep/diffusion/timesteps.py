@@ -56,6 +56,9 @@ def sampling_times(path: GaussianPath, num_steps: int, **scheduler_kwargs: Any) 
     if isinstance(path, FlowPath):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
+        if path.num_train_timesteps < 2:
+            raise ValueError("diffusers' flow grid with num_train_timesteps 1 (a network fed the time itself) visits "
+                             "only t = 1: use the even grid (objective.grid: uniform)")
         mu = scheduler_kwargs.pop("mu", None)
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=path.num_train_timesteps, **scheduler_kwargs)
         sched.set_timesteps(num_steps, mu=mu)
@@ -107,7 +110,9 @@ def _trainable_range(path: GaussianPath) -> tuple[float, float]:
     if isinstance(path, VPPath):
         return 0.0, path.t_max
     if isinstance(path, FlowPath):
-        return 1.0 / path.num_train_timesteps, 1.0
+        # diffusers' flow schedulers stop at sigma 1 / num_train_timesteps; a network fed the time itself
+        # (num_train_timesteps 1, scripts/retime_teacher.py) keeps the usual 1000-step floor, not t = 1
+        return 1.0 / max(path.num_train_timesteps, 1000), 1.0
     if isinstance(path, TrigFlowPath):
         return 1e-4, path.t_max
     return path.t_min, path.t_max

@@ -166,6 +166,20 @@ def test_uniform_training_times(name, lo, hi):
     torch.testing.assert_close(sample_training_times(get_path(name), N, _gen(1)), t, rtol=0, atol=0)
 
 
+def test_flow_path_fed_the_time_itself_trains_over_the_whole_path():
+    """num_train_timesteps 1 (scripts/retime_teacher.py's teacher: timestep = t) once made the smallest trained time
+    1 / 1 = 1, so every generator, DMD and LADD time collapsed to pure noise (LADD's discriminator then saw only
+    noise and gave the student no gradient). It keeps the 1000-step floor; diffusers' grid is refused, not degenerate."""
+    t = sample_training_times(FlowPath(num_train_timesteps=1), N, _gen(3))
+    assert 1e-3 <= t.min() and t.max() <= 1.0
+    assert stats.kstest(t.numpy(), stats.uniform(1e-3, 1 - 1e-3).cdf).pvalue > P_KS
+    torch.testing.assert_close(t, sample_training_times(FlowPath(), N, _gen(3)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="grid: uniform"):
+        solver_grid(FlowPath(num_train_timesteps=1), 4)
+    torch.testing.assert_close(solver_grid(FlowPath(num_train_timesteps=1), 4, "uniform"),
+                               torch.linspace(1, 0, 5, dtype=torch.float64))
+
+
 def test_uniform_shifted_flow_times():
     t = sample_training_times(FlowPath(), N, _gen(2), shift=3.0).numpy()
     u = t / (3.0 - 2.0 * t)  # inverse of SD3's shift
