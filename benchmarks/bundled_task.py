@@ -43,6 +43,11 @@ STUDENT_STEPS = (1, 2, 4)
 RETIMED_TEACHER = "runs/teacher_dense_time"  # scripts/retime_teacher.py's copy on a dense time embedding
 
 
+def recipe(method: str) -> Path:
+    """The bundled-task recipe of a method: configs/<method>_animal_mnist.yaml."""
+    return REPO / "configs" / f"{method}_animal_mnist.yaml"
+
+
 def available_methods() -> list[str]:
     return sorted(p.name.removesuffix("_animal_mnist.yaml") for p in (REPO / "configs").glob("*_animal_mnist.yaml"))
 
@@ -54,8 +59,7 @@ def distil(method: str, train_steps: int | None, out_root: Path):
 
     overrides = [f"run.output_dir={out_root / method}", "run.progress_bar=false", "run.trackers=[]",
                  *([f"run.max_steps={train_steps}"] if train_steps else [])]
-    recipe = REPO / "configs" / f"{method}_animal_mnist.yaml"
-    config = load_config(recipe, overrides)
+    config = load_config(recipe(method), overrides)
     pretrained = config.model.pretrained
     if pretrained == RETIMED_TEACHER and not (REPO / pretrained).is_dir():  # made once, as the recipe's comment says
         sys.path.insert(0, str(REPO / "scripts"))
@@ -63,8 +67,8 @@ def distil(method: str, train_steps: int | None, out_root: Path):
 
         retime_teacher(["--out", str(REPO / pretrained)])
     elif pretrained and pretrained.startswith("runs/") and not (REPO / pretrained).is_dir():
-        raise SystemExit(f"{method} distils {pretrained}, which is not there yet: {recipe.name}'s comment says how "
-                         "to make it")
+        raise SystemExit(f"{method} distils {pretrained}, which is not there yet: {recipe(method).name}'s comment "
+                         "says how to make it")
     pairs = getattr(config.objective, "regression_pairs", None)
     if pairs:  # DMD's regression loss: teacher ODE pairs, made once with the recipe's documented command
         pairs = Path(pairs) if Path(pairs).is_absolute() else REPO / pairs
@@ -72,7 +76,7 @@ def distil(method: str, train_steps: int | None, out_root: Path):
             sys.path.insert(0, str(REPO / "scripts"))
             from make_dmd_pairs import main as make_pairs
 
-            make_pairs(["--config", str(recipe), "--out", str(pairs), "--num", "2000", "--steps", "32"])
+            make_pairs(["--config", str(recipe(method)), "--out", str(pairs), "--num", "2000", "--steps", "32"])
         config.objective.regression_pairs = str(pairs)
     if config.student.init != "teacher":
         config.student.init = str(source_run(config.student.init, out_root, method))
@@ -87,7 +91,7 @@ def recipes_writing(output_dir: str) -> list[str]:
     from fewstep.config import load_config
 
     return [m for m in available_methods()
-            if load_config(REPO / "configs" / f"{m}_animal_mnist.yaml").run.output_dir == output_dir]
+            if load_config(recipe(m)).run.output_dir == output_dir]
 
 
 def source_run(init: str, out_root: Path, method: str) -> Path:
@@ -109,8 +113,8 @@ def saved_run(method: str, out_root: Path) -> Path:
     run.output_dir (where `fewstep distill --config configs/<method>_animal_mnist.yaml` writes)."""
     from fewstep.config import load_config
 
-    recipe = REPO / "configs" / f"{method}_animal_mnist.yaml"
-    candidates = [out_root / method] + ([REPO / load_config(recipe).run.output_dir] if recipe.is_file() else [])
+    candidates = [out_root / method] + ([REPO / load_config(recipe(method)).run.output_dir]
+                                        if recipe(method).is_file() else [])
     for run_dir in candidates:
         if (run_dir / "config.yaml").is_file():
             return run_dir
@@ -330,8 +334,7 @@ def recipe_objectives(models: list[str]) -> dict[str, str]:
     """objective.name of each model's recipe (configs/<model>_animal_mnist.yaml); models without one are left out."""
     from fewstep.config import load_config
 
-    return {m: load_config(REPO / "configs" / f"{m}_animal_mnist.yaml").objective.name for m in models
-            if (REPO / "configs" / f"{m}_animal_mnist.yaml").is_file()}
+    return {m: load_config(recipe(m)).objective.name for m in models if recipe(m).is_file()}
 
 
 def best_per_objective(rows: list[dict], objective_of: dict[str, str], bar_ratio: float = 1.5) -> list[str]:
