@@ -91,14 +91,14 @@ def teacher_guidance(scale: float, scale_range: tuple[float, float] | None, batc
 class EMATargetObjective(Objective):
     """Discrete-time CD's EMA target f_theta^- (Song et al. 2023, Alg. 2): a frozen copy of the student, moved
     towards it after every update, started at the student (a warm restart's too), saved with the objective.
-    Subclasses set `student` and `target_ema_decay`, then call `make_target()`."""
+    Also holds the frozen teacher both CD variants distil from."""
 
-    target: nn.Module
-    student: Denoiser
-    target_ema_decay: float
-
-    def make_target(self) -> None:
-        self.target = copy.deepcopy(self.student).requires_grad_(False)
+    def __init__(self, student: Denoiser, teacher: Denoiser, target_ema_decay: float):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.teacher.requires_grad_(False)
+        self.target_ema_decay = target_ema_decay
+        self.target = copy.deepcopy(student).requires_grad_(False)
         self.target.attach_prepared(None)
 
     @torch.no_grad()
@@ -125,11 +125,7 @@ class ConsistencyDistillation(EMATargetObjective):
                  guidance_scale: float = 1.0, guidance_range: tuple[float, float] | None = None,
                  sigma_data: float = 0.5, timestep_scaling: float = 10.0, grid: str = "diffusers",
                  schedule_kwargs: dict | None = None):
-        super().__init__()
-        self.student, self.teacher = student, teacher
-        self.teacher.requires_grad_(False)
-        self.target_ema_decay = target_ema_decay
-        self.make_target()
+        super().__init__(student, teacher, target_ema_decay)
         # the solver grid, decreasing to the boundary (VP ends at timestep 0 as LCM does)
         times = solver_grid(teacher.path, num_timesteps, grid, **(schedule_kwargs or {}))
         self.register_buffer("grid", times.clamp(min=max(teacher.path.t_min, 0.0)), persistent=False)

@@ -50,11 +50,7 @@ class MultistepConsistencyDistillation(EMATargetObjective):
                  loss: Literal["l2", "pseudo_huber"] = "l2", huber_c: float = 0.00054, guidance_scale: float = 1.0,
                  guidance_range: tuple[float, float] | None = None, gamma: float = 0.0, grid: str = "diffusers",
                  schedule_kwargs: dict | None = None):
-        super().__init__()
-        self.student, self.teacher = student, teacher
-        self.teacher.requires_grad_(False)
-        self.target_ema_decay = target_ema_decay
-        self.make_target()
+        super().__init__(student, teacher, target_ema_decay)
         self.segment_stages = [segments] if isinstance(segments, int) else list(segments)
         self.stage_steps = list(stage_steps or [])
         if len(self.stage_steps) != len(self.segment_stages) - 1 or self.stage_steps != sorted(self.stage_steps):
