@@ -159,6 +159,8 @@ def test_best_per_objective_takes_each_step_counts_lowest_run_and_judges_the_bar
                          "| cd | 3.50 (cd_long) | 2.70 (cd) |  | no |",
                          "| phased_dmd |  |  | 1.30 (phased) |  |"]
     assert module["best_per_objective"](rows, objective_of, bar_ratio=4.0)[3].endswith("| yes |")
+    # the plot draws one run per objective: its best 1-step run, else its best cell at any step count
+    assert module["plotted_runs"](rows, objective_of) == {"sid": "sid", "cd": "cd_long", "phased_dmd": "phased"}
     # every bundled recipe has an objective name, and the teacher none
     names = module["recipe_objectives"](["cd", "sid_batch64", "teacher (Euler, CFG 1.5)"])
     assert names == {"cd": "cd", "sid_batch64": "sid"}
