@@ -34,13 +34,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bundled_task_report import STUDENT_STEPS, inception_subject, write_table_and_plot  # noqa: E402
 from common import RESULTS, run_label, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_STEPS = (1, 2, 4, 8, 16, 32)
 REFERENCE_KEYS = {"real_train_images", "teacher_32step"}  # Inception FIDs that do not depend on a method
-STUDENT_STEPS = (1, 2, 4)
-BAR_RATIO = 1.5  # issue #4: every objective's 1-step FD <= 1.5x the teacher's 32-step FD
 RETIMED_TEACHER = "runs/teacher_dense_time"  # scripts/retime_teacher.py's copy on a dense time embedding
 
 
@@ -179,7 +178,7 @@ def main() -> None:
                         help="only rewrite bundled_task.{md,png} from bundled_task.json (after a change to how they are drawn)")
     args = parser.parse_args()
     if args.render:
-        write_table_and_plot(read_results())
+        render(read_results())
         return
     if args.withdraw:
         if not args.why:
@@ -188,7 +187,7 @@ def main() -> None:
             payload = withdrawn(read_results(), args.withdraw.split(","),
                                 {int(s) for s in args.withdraw_steps.split(",")}, args.why)
             write_result("bundled_task", {k: v for k, v in payload.items() if k != "environment"})
-        write_table_and_plot(payload)
+        render(payload)
         return
     merge = args.merge or args.from_runs
     methods = [m for m in args.methods.split(",") if m]
@@ -246,7 +245,7 @@ def main() -> None:
         if merge:
             payload = merged(read_results(), payload, methods, set(available_methods()))
         write_result("bundled_task", payload)
-    write_table_and_plot(payload)
+    render(payload)
 
 
 def read_results() -> dict:
@@ -300,11 +299,6 @@ def withdrawn(previous: dict, methods: list[str], steps: set[int], why: str) -> 
     return out
 
 
-def inception_subject(key: str) -> str:
-    """The model an Inception FID key names: "sid_2step" -> "sid", "teacher_32step" -> "teacher"."""
-    return key.rsplit("_", 1)[0]
-
-
 def inception_fids(teacher, guidance: float, best: dict, num: int, references: bool = True) -> dict[str, float]:
     """Inception FID vs `num` train images: each method at its best step count and, with `references`, the
     real-vs-real floor (other train images) and the teacher at 32 Euler steps."""
@@ -332,10 +326,6 @@ def inception_fids(teacher, guidance: float, best: dict, num: int, references: b
     return fids
 
 
-def steps_label(steps: int) -> str:
-    return f"{steps} step{'s' if steps > 1 else ''}"
-
-
 def recipe_objectives(models: list[str]) -> dict[str, str]:
     """objective.name of each model's recipe (configs/<model>_animal_mnist.yaml); models without one are left out."""
     from fewstep.config import load_config
@@ -343,95 +333,9 @@ def recipe_objectives(models: list[str]) -> dict[str, str]:
     return {m: load_config(recipe(m)).objective.name for m in models if recipe(m).is_file()}
 
 
-def best_cells(rows: list[dict], objective_of: dict[str, str]) -> dict[str, dict[int, tuple[float, str]]]:
-    """Per objective, ordered by its best 1-step FD (objectives without one last): each student step count's
-    lowest FD and the run that scored it."""
-    best: dict[str, dict[int, tuple[float, str]]] = {}
-    for r in rows:
-        if r["model"] in objective_of and r["steps"] in STUDENT_STEPS:
-            cells = best.setdefault(objective_of[r["model"]], {})
-            if r["steps"] not in cells or r["fd"] < cells[r["steps"]][0]:
-                cells[r["steps"]] = (r["fd"], r["model"])
-    return dict(sorted(best.items(), key=lambda item: item[1].get(1, (float("inf"),))[0]))
-
-
-def teacher_fd(rows: list[dict], steps: int) -> float:
-    return next(r["fd"] for r in rows if r["model"].startswith("teacher") and r["steps"] == steps)
-
-
-def best_per_objective(rows: list[dict], objective_of: dict[str, str], bar_ratio: float = BAR_RATIO) -> list[str]:
-    """A markdown table: per objective, its lowest FD at each student step count and the run that scored it, and
-    whether that 1-step FD meets the issue's bar (<= bar_ratio x the teacher's 32-step FD)."""
-    bar = bar_ratio * teacher_fd(rows, 32)
-    lines = [f"| objective | {' | '.join(map(steps_label, STUDENT_STEPS))} | 1 step <= {bar:.2f} |",
-             "|---|" + "---|" * (len(STUDENT_STEPS) + 1)]
-    for name, cells in best_cells(rows, objective_of).items():
-        shown = [f"{cells[s][0]:.2f} ({cells[s][1]})" if s in cells else "" for s in STUDENT_STEPS]
-        met = "" if 1 not in cells else ("yes" if cells[1][0] <= bar else "no")
-        lines.append(f"| {name} | {' | '.join(shown)} | {met} |")
-    return lines
-
-
-def plotted_runs(rows: list[dict], objective_of: dict[str, str]) -> dict[str, str]:
-    """One run per objective for the plot: the one with its best 1-step FD (else its best cell at any step count),
-    so each line is one student's curve and the plot stays readable as runs accumulate."""
-    return {name: min(cells.values())[1] if 1 not in cells else cells[1][1]
-            for name, cells in best_cells(rows, objective_of).items()}
-
-
-def write_table_and_plot(payload: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(r["model"] for r in payload["rows"]))
-    steps = sorted({r["steps"] for r in payload["rows"]})
-    table = {(r["model"], r["steps"]): r["fd"] for r in payload["rows"]}
-    objective_of = recipe_objectives(models)
-    lines = ["Best run per objective (its recipe's objective.name; lowest FD at each step count):", "",
-             *best_per_objective(payload["rows"], objective_of), "", "Every run:", "",
-             "| model | training steps | after | " + " | ".join(map(steps_label, steps)) + " |",
-             "|---|---|---|" + "---|" * len(steps)]
-    for m in models:
-        training = payload["training"].get(m, {})
-        lines.append(f"| {m} | {training.get('train_steps', '')} | {training.get('started_from', '')} | "
-                     + " | ".join(f"{table[(m, s)]:.2f}" if (m, s) in table else "" for s in steps) + " |")
-    ref = payload["reference"]
-    reasons: dict[tuple, list[str]] = {}
-    for m, w in payload.get("withdrawn", {}).items():
-        reasons.setdefault((tuple(w["steps"]), w["why"]), []).append(m)
-    for (withdrawn_steps, why), ms in reasons.items():
-        lines.append(f"\n{', '.join(ms)}: {', '.join(map(str, withdrawn_steps))}-step figures withdrawn ({why}).")
-    lines.append(f"\nFloor (real train vs test): {ref['train_vs_test']:.2f}; noise vs test: {ref['noise_vs_test']:.1f}; "
-                 f"{payload['num_eval']} samples per cell.")
-    inception = payload.get("inception_fid_vs_train")
-    if inception:
-        lines += ["", f"Inception FID vs {inception['num_samples']} train images ({inception['num_samples']} samples "
-                  "each; grey as RGB, clean-fid resize):", "", "| model (steps) | FID |", "|---|---|"]
-        rank = {m: i for i, m in enumerate(["real_train", "teacher", *models])}  # floor, teacher, the FD table's order
-        values = inception["values"]
-        lines += [f"| {k} | {values[k]:.2f} |" for k in sorted(values, key=lambda k: rank.get(inception_subject(k), len(rank)))]
-    (RESULTS / "bundled_task.md").write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    colours, markers = plt.get_cmap("tab20").colors, "osD^v<>P"
-    teacher = next(m for m in models if m.startswith("teacher"))
-    lines_drawn = {f"{name} ({run})": run for name, run in plotted_runs(payload["rows"], objective_of).items()}
-    for i, (label, m) in enumerate([*lines_drawn.items(), (teacher, teacher)]):
-        pts = sorted((s, v) for (mm, s), v in table.items() if mm == m)
-        look = ({"color": "black", "marker": "o", "lw": 2.5} if m == teacher
-                else {"color": colours[i % 20], "marker": markers[i % 8]})
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, ms=5, **look)
-    ax.axhline(BAR_RATIO * teacher_fd(payload["rows"], 32), color="black", ls=":", label=f"{BAR_RATIO}x teacher's 32 steps")
-    ax.axhline(ref["train_vs_test"], color="gray", ls="--", label="real data (floor)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("FD (classifier features)")
-    ax.set_title("each objective's best 1-step run (every run: bundled_task.md)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not over the lines
-    fig.savefig(RESULTS / "bundled_task.png", dpi=120, bbox_inches="tight")
-    print(json.dumps({"table": str(RESULTS / "bundled_task.md")}))
+def render(payload: dict) -> None:
+    """bundled_task.{md,png} from the results, each run judged by its recipe's objective."""
+    write_table_and_plot(payload, recipe_objectives([r["model"] for r in payload["rows"]]))
 
 
 if __name__ == "__main__":

@@ -146,21 +146,7 @@ def test_warm_restart_recipes_start_from_another_recipes_run(recipe):
     assert sources[0] in (ROOT / "configs" / recipe).read_text()
 
 
-def test_best_per_objective_takes_each_step_counts_lowest_run_and_judges_the_bar():
+def test_every_bundled_recipe_has_an_objective_name_and_the_teacher_none():
     module = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")
-    rows = results([("cd", 1, 6.8), ("cd", 2, 2.7), ("cd_long", 1, 3.5), ("cd_long", 2, 2.9), ("sid", 1, 1.2),
-                    ("phased", 4, 1.3), ("teacher (Euler, CFG 1.5)", 1, 57.0), ("teacher (Euler, CFG 1.5)", 32, 1.0)],
-                   {})["rows"]
-    objective_of = {"cd": "cd", "cd_long": "cd", "sid": "sid", "phased": "phased_dmd"}
-    lines = module["best_per_objective"](rows, objective_of)
-    assert lines[0] == "| objective | 1 step | 2 steps | 4 steps | 1 step <= 1.50 |"
-    # ordered by 1-step FD, runs without a 1-step cell last; a cell names the run that scored it
-    assert lines[2:] == ["| sid | 1.20 (sid) |  |  | yes |",
-                         "| cd | 3.50 (cd_long) | 2.70 (cd) |  | no |",
-                         "| phased_dmd |  |  | 1.30 (phased) |  |"]
-    assert module["best_per_objective"](rows, objective_of, bar_ratio=4.0)[3].endswith("| yes |")
-    # the plot draws one run per objective: its best 1-step run, else its best cell at any step count
-    assert module["plotted_runs"](rows, objective_of) == {"sid": "sid", "cd": "cd_long", "phased_dmd": "phased"}
-    # every bundled recipe has an objective name, and the teacher none
     names = module["recipe_objectives"](["cd", "sid_batch64", "teacher (Euler, CFG 1.5)"])
     assert names == {"cd": "cd", "sid_batch64": "sid"}
