@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import fewstep.objectives.dmd  # noqa: E402,F401  (registers the dmd objectives)
 from fewstep.build import build_data, build_teacher, build_text_encoder  # noqa: E402
 from fewstep.config import load_config  # noqa: E402
 from fewstep.models.base import NON_BATCHED_COND_KEYS  # noqa: E402

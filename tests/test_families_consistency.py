@@ -7,8 +7,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fewstep.objectives.multistep_cm  # noqa: F401  (registers 'mcm')
-import fewstep.objectives.scm  # noqa: F401  (registers 'scm')
 from fewstep import distill
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fewstep.objectives.dmd  # noqa: F401  (registers dmd / dmd2 until registry.py imports it)
-import fewstep.objectives.dmd_decoupled  # noqa: F401
-import fewstep.objectives.dmd_phased  # noqa: F401
 from fewstep import distill
 
 ROOT = Path(__file__).resolve().parents[1]

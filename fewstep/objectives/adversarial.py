@@ -78,13 +78,14 @@ class AdversarialTerm(nn.Module):
         fake_logits = self.discriminator.call(fake_in, t_fake, cond, backbone_grad=False)
         loss = self.d_loss(real_logits, fake_logits)
         logs = {"adv/d_loss": loss.detach(), **gan.logit_logs("adv/d", real_logits, fake_logits)}
-        if self.r1_weight > 0:
+        if self.r1_weight > 0:  # on each sample's score, the mean of its logits (one per position with per_position)
+            score = real_logits.reshape(len(real_logits), -1).mean(1)
             if exact_r1:
-                penalty = gan.r1_penalty(real_logits, real_in)
+                penalty = gan.r1_penalty(score, real_in)
             else:
                 noise = torch.randn(real_in.shape, generator=generator, dtype=real_in.dtype, device=real_in.device)
                 perturbed = self.discriminator.call(real_in + self.r1_sigma * noise, t_real, cond, backbone_grad=False)
-                penalty = gan.approximate_r1(real_logits, perturbed)
+                penalty = gan.approximate_r1(score, perturbed.reshape(len(perturbed), -1).mean(1), self.r1_sigma)
             loss = loss + 0.5 * self.r1_weight * penalty
             logs["adv/r1"] = penalty.detach()
         logs.update(self.monitor.check_accuracy(logs["adv/d/accuracy"]))
@@ -170,8 +171,10 @@ class DiscriminatorConfig(StrictModel):
     time_conditioned: bool = True  # heads see the noise level (with noise_range)
     cond_conditioned: bool = True  # projection on the class / pooled text embedding
     time_dim: int = 64
+    per_position: bool = True  # spatial taps: a logit per position, losses on each (StyleGAN-T heads, ADD §3.2)
+    spectral_norm: bool = True  # on the heads' layers (StyleGAN-T)
     loss: Literal["hinge", "non_saturating"] = "hinge"
-    r1_weight: float = 0.0
+    r1_weight: float = 0.0  # gamma of R1, 0.5 gamma ||grad_x D||^2 (both forms estimate it)
     r1: Literal["exact", "approximate"] = "approximate"
     r1_sigma: float = 0.01
     collapse_diversity_ratio: float = 0.1  # stability guard: diversity below ratio x initial -> flagged
@@ -193,7 +196,8 @@ def make_adversarial(cfg: DiscriminatorConfig, student: Denoiser, teacher: Denoi
     backbone = default_backbone(teacher) if cfg.backbone == "teacher" else load_backbone(cfg.backbone)
     time_dim = cfg.time_dim if cfg.time_conditioned and cfg.noise_range is not None else 0
     cond_embedding = ConditionEmbedding.of(teacher, COND_DIM) if cfg.cond_conditioned else None
-    discriminator = FeatureDiscriminator(backbone, teacher.path, cfg.taps, time_dim, cond_embedding, COND_DIM)
+    discriminator = FeatureDiscriminator(backbone, teacher.path, cfg.taps, time_dim, cond_embedding, COND_DIM,
+                                         cfg.per_position, cfg.spectral_norm)
     device = next((p.device for p in student.parameters()), torch.device("cpu"))
     monitor = gan.CollapseMonitor(cfg.collapse_diversity_ratio, patience=cfg.collapse_patience,
                                   stop=cfg.stop_on_collapse)

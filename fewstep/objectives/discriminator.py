@@ -22,8 +22,10 @@ from .gan import DiscriminatorHead, feature_channels
 
 
 def log_snr_embedding(log_snr: Tensor, dim: int) -> Tensor:
-    """Sinusoidal features of the log-SNR (path-agnostic noise level), frequencies 2^k pi / 32."""
-    freqs = 2.0 ** torch.arange(dim // 2, device=log_snr.device, dtype=torch.float32) * math.pi / 32
+    """Sinusoidal features of the log-SNR (path-agnostic noise level, clamped to [-20, 20]), frequencies spaced
+    geometrically from pi down to pi / 1000 (periods 2 to 2000 log-SNR units): smooth in the noise level, with
+    the lowest frequencies nearly linear over the whole range (as transformers' timestep embeddings)."""
+    freqs = math.pi * torch.logspace(0, -3, dim // 2, device=log_snr.device, dtype=torch.float32)
     angles = log_snr.float().clamp(-20, 20).reshape(-1, 1) * freqs
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
@@ -100,14 +102,18 @@ def load_backbone(spec: str) -> nn.Module:
 
 
 class FeatureDiscriminator(PreparedRouting, nn.Module):
-    """logit(x, t, c) = mean over taps k of head_k(features_k(x, t, c), embed(t), embed(c)).
+    """logits(x, t, c) of head_k(features_k(x, t, c), embed(t), embed(c)) over taps k: every head's per-position
+    logits side by side, (B, sum_k positions_k) (per_position, ADD / LADD's StyleGAN-T heads; the losses act on
+    each), else their mean over taps, (B,).
 
     backbone: a Denoiser (features of backbone(x_t, t, c) at `taps`) or a plain module x -> {tap: features}
-    (with `feature_channels`, and `spatial = False` for flat features). time_dim > 0 makes the heads noise-level aware (LADD); cond_embedding adds projection terms.
+    (with `feature_channels`, and `spatial = False` for flat features). time_dim > 0 makes the heads noise-level
+    aware (LADD); cond_embedding adds projection terms.
     """
 
     def __init__(self, backbone: nn.Module, path: GaussianPath, taps: list[str] | None = None, time_dim: int = 0,
-                 cond_embedding: ConditionEmbedding | None = None, cond_dim: int = 0):
+                 cond_embedding: ConditionEmbedding | None = None, cond_dim: int = 0, per_position: bool = False,
+                 spectral_norm: bool = False):
         super().__init__()
         self.__dict__["backbone"] = backbone  # frozen and not ours: kept out of state_dict / optimiser
         self.path = path
@@ -125,8 +131,10 @@ class FeatureDiscriminator(PreparedRouting, nn.Module):
             self.taps = taps or list(channels)
         self.time_dim = time_dim
         self.heads = nn.ModuleDict({
-            name: DiscriminatorHead(channels[name], spatial, time_dim, cond_dim if cond_embedding else 0)
+            name: DiscriminatorHead(channels[name], spatial, time_dim, cond_dim if cond_embedding else 0,
+                                    per_position, spectral_norm)
             for name in self.taps})
+        self.per_position = per_position and spatial
         self.cond_embedding = cond_embedding
 
     def call(self, x: Tensor, t: Tensor | None, cond: Cond | None, backbone_grad: bool = True) -> Tensor:
@@ -150,5 +158,6 @@ class FeatureDiscriminator(PreparedRouting, nn.Module):
         if self.time_dim and t is not None:
             time_embedding = log_snr_embedding(self.path.log_snr(t), self.time_dim)
         cond_embedding = self.cond_embedding(cond) if self.cond_embedding is not None else None
-        logits = [self.heads[name](feats[name], time_embedding, cond_embedding) for name in self.taps]
-        return torch.stack(logits).mean(0)
+        logits = torch.cat([self.heads[name](feats[name], time_embedding, cond_embedding).reshape(len(x), -1)
+                            for name in self.taps], dim=1)
+        return logits if self.per_position else logits.mean(1)

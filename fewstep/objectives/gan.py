@@ -37,23 +37,30 @@ def default_tap(names: list[str]) -> str:
 
 
 class DiscriminatorHead(nn.Module):
-    """Features -> one logit per sample.
+    """Features -> logits.
 
-    Spatial features (B, C, H, W): conv 3x3, GroupNorm, SiLU, spatial mean, linear (works down to 1x1 grids).
-    Flat features (B, C): a two-layer MLP. Optional conditioning (LADD §3.2, heads "conditioned on the noise
-    level and the text"): a noise-level embedding modulates the hidden features (FiLM: h (1 + scale) + shift),
-    and a condition embedding adds the projection term <embed(c), h> (Miyato & Koyama 2018, Eq. 3).
+    Spatial features (B, C, H, W): conv 3x3, GroupNorm, SiLU, then a linear read-out either at every position
+    (per_position: (B, H*W) logits, as StyleGAN-T's token-wise heads that ADD and LADD use, so the hinge acts on
+    each patch) or on the spatial mean ((B,) logits; DMD2 §4.3's classification branch). Flat features (B, C):
+    a two-layer MLP, (B,) logits. spectral_norm: on the conv / hidden and read-out layers (StyleGAN-T's heads).
+    Optional conditioning (LADD §3.2, heads "conditioned on the noise level and the text"): a noise-level
+    embedding modulates the hidden features (FiLM: h (1 + scale) + shift), and a condition embedding adds the
+    projection term <embed(c), h> (Miyato & Koyama 2018, Eq. 3). The mean of per-position logits equals the
+    pooled head's logit: the read-out and the projection are linear in h.
     """
 
-    def __init__(self, channels: int, spatial: bool = True, time_dim: int = 0, cond_dim: int = 0):
+    def __init__(self, channels: int, spatial: bool = True, time_dim: int = 0, cond_dim: int = 0,
+                 per_position: bool = False, spectral_norm: bool = False):
         super().__init__()
-        self.spatial = spatial
+        self.spatial, self.per_position = spatial, per_position and spatial
+        normed = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda layer: layer)
         if spatial:
             groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
-            self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.SiLU())
+            self.body = nn.Sequential(normed(nn.Conv2d(channels, channels, 3, padding=1)),
+                                      nn.GroupNorm(groups, channels), nn.SiLU())
         else:
-            self.body = nn.Sequential(nn.Linear(channels, channels), nn.SiLU())
-        self.out = nn.Linear(channels, 1)
+            self.body = nn.Sequential(normed(nn.Linear(channels, channels)), nn.SiLU())
+        self.out = normed(nn.Linear(channels, 1))
         self.film = nn.Linear(time_dim, 2 * channels) if time_dim else None
         self.projection = nn.Linear(cond_dim, channels, bias=False) if cond_dim else None
         for layer in (self.film, self.projection):  # start as the unconditional head
@@ -67,16 +74,19 @@ class DiscriminatorHead(nn.Module):
         expected = 4 if self.spatial else 2
         if features.ndim != expected:
             raise ValueError(f"discriminator head expects {expected}-D features, got shape {tuple(features.shape)}")
-        h = self.body(features.to(self.out.weight.dtype))
+        h = self.body(features.to(self.out.bias.dtype))  # bias, not weight: a spectral-normed weight is recomputed
         if self.film is not None and time_embedding is not None:
             scale, shift = self.film(time_embedding.to(h)).chunk(2, dim=1)
             shape = (-1, h.shape[1]) + (1,) * (h.ndim - 2)
             h = h * (1 + scale.reshape(shape)) + shift.reshape(shape)
-        if self.spatial:
+        if self.per_position:
+            h = h.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        elif self.spatial:
             h = h.mean(dim=(2, 3))
-        logits = self.out(h).squeeze(1)
+        logits = self.out(h).squeeze(-1)
         if self.projection is not None and cond_embedding is not None:
-            logits = logits + (self.projection(cond_embedding.to(h)) * h).sum(1)
+            embedded = self.projection(cond_embedding.to(h))
+            logits = logits + (embedded.reshape(len(h), *([1] * (h.ndim - 2)), -1) * h).sum(-1)
         return logits
 
 
@@ -112,9 +122,11 @@ def r1_penalty(real_logits: Tensor, real_inputs: Tensor) -> Tensor:
     return grad.flatten(1).pow(2).sum(1).mean()
 
 
-def approximate_r1(real_logits: Tensor, perturbed_logits: Tensor) -> Tensor:
-    """Approximated R1 (Lin et al. 2025, APT, Eq. 5): ||D(x) - D(x + sigma n)||^2, batch mean; no double backward."""
-    return (real_logits - perturbed_logits).pow(2).mean()
+def approximate_r1(real_logits: Tensor, perturbed_logits: Tensor, sigma: float) -> Tensor:
+    """Approximated R1 (Lin et al. 2025, APT, Eq. 5) on the R1 scale: ||D(x) - D(x + sigma n)||^2 / sigma^2, batch
+    mean; no double backward. For n ~ N(0, I) its expectation is ||grad_x D||^2 to first order in sigma, so one
+    r1_weight means the same penalty exact or approximate (APT's lambda = r1_weight / (2 sigma^2))."""
+    return (real_logits - perturbed_logits).pow(2).mean() / sigma**2
 
 
 LOSSES = {"non_saturating": (discriminator_loss, generator_loss), "hinge": (hinge_discriminator_loss, hinge_generator_loss)}

@@ -11,7 +11,7 @@ from torch import nn
 from fewstep import models
 from fewstep.build import build_setup
 from fewstep.config import load_config
-from fewstep.objectives.discriminator import ConditionEmbedding, FeatureDiscriminator, load_backbone
+from fewstep.objectives.discriminator import ConditionEmbedding, FeatureDiscriminator, load_backbone, log_snr_embedding
 from fewstep.objectives.gan import feature_channels
 from fewstep.training.trainer import NonFiniteError, Trainer
 
@@ -62,6 +62,36 @@ def test_time_and_condition_change_the_logits_once_trained():
         assert (disc(x, t * 2, cond) - base).abs().max() > 1e-4
         other = {"class_labels": (cond["class_labels"] + 1) % 10}
         assert (disc(x, t, other) - base).abs().max() > 1e-4
+
+
+def test_per_position_discriminator_puts_every_heads_positions_side_by_side():
+    teacher, cond = models.tiny_denoiser("unet2d")
+    pooled = FeatureDiscriminator(teacher, teacher.path, None, time_dim=16)
+    per_position = FeatureDiscriminator(teacher, teacher.path, None, time_dim=16, per_position=True)
+    per_position.load_state_dict(pooled.state_dict())
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([300.0, 600.0], dtype=torch.float64)
+    positions = {}
+    for name, head in per_position.heads.items():  # each head's feature grid
+        head.register_forward_hook(lambda _m, args, _o, name=name: positions.__setitem__(name, args[0].shape[-2:]))
+    with torch.no_grad():
+        logits = per_position(x, t, cond)
+        assert logits.shape == (2, sum(positions[n].numel() for n in per_position.taps))
+        # each head's mean over its positions is its pooled logit; the pooled discriminator averages the heads
+        means, start = [], 0
+        for name in per_position.taps:
+            means.append(logits[:, start:start + positions[name].numel()].mean(1))
+            start += positions[name].numel()
+        torch.testing.assert_close(torch.stack(means).mean(0), pooled(x, t, cond))
+
+
+def test_log_snr_embedding_is_smooth_and_tells_noise_levels_apart():
+    """The old frequencies 2^k pi / 32 reached 2^31 pi / 32: features that swung chaotically with the noise level."""
+    log_snr = torch.linspace(-20, 20, 81)
+    embedding = log_snr_embedding(log_snr, 64)
+    nudged = log_snr_embedding(log_snr + 1e-3, 64)
+    assert (nudged - embedding).norm(dim=1).max() < 1e-2
+    distance = torch.cdist(embedding, embedding)
+    assert distance[~torch.eye(81, dtype=torch.bool)].min() > 0.1  # levels 0.5 apart stay apart
 
 
 def test_user_backbone_from_a_factory(monkeypatch):

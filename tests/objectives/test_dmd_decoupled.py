@@ -4,7 +4,6 @@ replacements, and the exact-toy margin over the teacher with CFG."""
 import pytest
 import torch
 
-import fewstep.objectives.dmd_decoupled  # noqa: F401  (registers decoupled_dmd until registry.py imports it)
 from fewstep.build import build_setup
 from fewstep.config import load_config
 from fewstep.objectives import Batch

@@ -5,7 +5,6 @@ experts, phase-by-phase training, and the exact-toy margin (and diversity) again
 import pytest
 import torch
 
-import fewstep.objectives.dmd_phased  # noqa: F401  (registers phased_dmd until registry.py imports it)
 from fewstep.build import build_setup
 from fewstep.config import load_config
 from fewstep.diffusion import FlowPath, VPPath, forward_noise

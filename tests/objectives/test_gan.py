@@ -26,9 +26,44 @@ def test_r1_is_the_squared_input_gradient_and_trains_the_discriminator():
     torch.testing.assert_close(w.grad, (8 * w.detach() * x.detach() ** 2).mean(0))
 
 
-def test_approximate_r1_is_the_logit_difference():
+def test_approximate_r1_is_the_logit_difference_on_the_r1_scale():
     real, perturbed = torch.tensor([1.0, 2.0]), torch.tensor([1.5, 1.0])
-    assert float(gan.approximate_r1(real, perturbed)) == pytest.approx((0.25 + 1.0) / 2)
+    assert float(gan.approximate_r1(real, perturbed, sigma=0.5)) == pytest.approx((0.25 + 1.0) / 2 / 0.25)
+
+
+def test_approximate_r1_estimates_the_exact_penalty():
+    """D(x) = tanh(w.x): over many perturbations (D(x) - D(x + sigma n))^2 / sigma^2 -> ||grad D||^2 as sigma -> 0,
+    so one r1_weight means the same penalty in both forms (the old form was sigma^2 = 1e-4 times weaker)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, generator=g) / 4
+    x = torch.randn(1, 16, generator=g).repeat(20000, 1).requires_grad_(True)
+    real = torch.tanh(x @ w)
+    exact = gan.r1_penalty(real, x)
+    sigma = 1e-3
+    perturbed = torch.tanh((x + sigma * torch.randn(x.shape, generator=g)) @ w)
+    approx = gan.approximate_r1(real, perturbed, sigma)
+    assert float(approx.detach()) == pytest.approx(float(exact.detach()), rel=0.03)
+
+
+def test_per_position_head_averages_to_the_pooled_head_and_spectral_norm_bounds_it():
+    torch.manual_seed(0)
+    pooled = gan.DiscriminatorHead(8, time_dim=4, cond_dim=3)
+    per_position = gan.DiscriminatorHead(8, time_dim=4, cond_dim=3, per_position=True)
+    per_position.load_state_dict(pooled.state_dict())
+    for layer in (pooled.film, pooled.projection):  # non-zero conditioning, so FiLM and projection count too
+        torch.nn.init.normal_(layer.weight)
+    per_position.load_state_dict(pooled.state_dict())
+    features, time_emb, cond_emb = torch.randn(2, 8, 5, 3), torch.randn(2, 4), torch.randn(2, 3)
+    logits = per_position(features, time_emb, cond_emb)
+    assert logits.shape == (2, 15)  # one per position of the 5 x 3 grid
+    torch.testing.assert_close(logits.mean(1), pooled(features, time_emb, cond_emb))
+    # the hinge on each position is not the hinge on the mean: a sample half right, half wrong still trains
+    assert float(gan.hinge_discriminator_loss(torch.tensor([[3.0, -1.0]]), torch.tensor([[-3.0, 1.0]]))) == 2.0
+    normed = gan.DiscriminatorHead(8, spectral_norm=True)
+    with torch.no_grad():
+        for _ in range(20):  # power iterations run on training-mode forwards
+            normed(features)
+    assert float(torch.linalg.matrix_norm(normed.out.weight, ord=2)) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_collapse_monitor_flags_diversity_collapse_once():

@@ -6,7 +6,7 @@ import torch
 
 from fewstep.build import build_setup
 from fewstep.config import load_config
-from fewstep.diffusion import FlowPath, expand_like, sampling_times, solver_step
+from fewstep.diffusion import FlowPath, expand_like, sampling_times
 from fewstep.models.tiny import tiny_denoiser
 from fewstep.objectives.multistep_cm import MultistepConsistencyDistillation, phased_consistency, segment_edges
 from fewstep.objectives.scm import tangent_attention
