@@ -173,19 +173,22 @@ def main() -> None:
                              "run.output_dir (implies --merge)")
     parser.add_argument("--withdraw", default="", help="methods whose rows at --withdraw-steps to drop (see --why)")
     parser.add_argument("--withdraw-steps", default="2,4")
-    parser.add_argument("--why", default="", help="the reason recorded with each withdrawn row (required)")
+    parser.add_argument("--supersede", default="",
+                        help="methods whose rows stay but are marked as trained by code since changed (see --why)")
+    parser.add_argument("--why", default="", help="the reason recorded with each withdrawn or superseded run (required)")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite bundled_task.{md,png} from bundled_task.json (after a change to how they are drawn)")
     args = parser.parse_args()
     if args.render:
         render(read_results())
         return
-    if args.withdraw:
+    if args.withdraw or args.supersede:
         if not args.why:
-            parser.error("--withdraw needs --why: the JSON and the table say why each row went")
+            parser.error("--withdraw / --supersede need --why: the JSON and the table say why")
         with results_lock():
-            payload = withdrawn(read_results(), args.withdraw.split(","),
-                                {int(s) for s in args.withdraw_steps.split(",")}, args.why)
+            payload = (withdrawn(read_results(), args.withdraw.split(","),
+                                 {int(s) for s in args.withdraw_steps.split(",")}, args.why) if args.withdraw
+                       else superseded(read_results(), args.supersede.split(","), args.why))
             write_result("bundled_task", {k: v for k, v in payload.items() if k != "environment"})
         render(payload)
         return
@@ -274,9 +277,10 @@ def merged(previous: dict, payload: dict, methods: list[str], shipped: set[str])
     new = payload.get("inception_fid_vs_train", {})
     values.update(new.get("values", {}))
     out = {**payload, "rows": rows, "training": times}
-    kept = {m: w for m, w in previous.get("withdrawn", {}).items() if m not in stale}
-    if kept:
-        out["withdrawn"] = kept
+    for note in ("withdrawn", "superseded"):  # a re-evaluated method's notes no longer apply
+        kept = {m: w for m, w in previous.get(note, {}).items() if m not in stale}
+        if kept:
+            out[note] = kept
     if values:
         out["inception_fid_vs_train"] = {"num_samples": new.get("num_samples") or old["num_samples"], "values": values}
     return out
@@ -324,6 +328,15 @@ def inception_fids(teacher, guidance: float, best: dict, num: int, references: b
         fids[f"{method}_{steps}step"] = fid(student_samples(objective, steps, num))
         print(method, fids[f"{method}_{steps}step"], flush=True)
     return fids
+
+
+def superseded(previous: dict, methods: list[str], why: str) -> dict:
+    """`previous` with `methods` marked as trained by code that has changed since (their recipes now train
+    differently, their students are gone): rows kept, each marked with `why`; re-evaluating a method clears it."""
+    unknown = set(methods) - {r["model"] for r in previous["rows"]}
+    if unknown:
+        raise SystemExit(f"--supersede: no rows for {sorted(unknown)} in benchmarks/results/bundled_task.json")
+    return {**previous, "superseded": {**previous.get("superseded", {}), **{m: why for m in methods}}}
 
 
 def recipe_objectives(models: list[str]) -> dict[str, str]:

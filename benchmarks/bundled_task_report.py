@@ -8,6 +8,7 @@ import json
 from common import RESULTS
 
 STUDENT_STEPS = (1, 2, 4)
+DAGGER = " \u2020"  # marks a run trained by code that has changed since
 BAR_RATIO = 1.5  # issue #4: every objective's 1-step FD <= 1.5x the teacher's 32-step FD
 
 
@@ -36,14 +37,22 @@ def teacher_fd(rows: list[dict], steps: int) -> float:
     return next(r["fd"] for r in rows if r["model"].startswith("teacher") and r["steps"] == steps)
 
 
-def best_per_objective(rows: list[dict], objective_of: dict[str, str], bar_ratio: float = BAR_RATIO) -> list[str]:
-    """A markdown table: per objective, its lowest FD at each student step count and the run that scored it, and
-    whether that 1-step FD meets the issue's bar (<= bar_ratio x the teacher's 32-step FD)."""
+def marked(model: str, superseded: dict[str, str]) -> str:
+    """A run's name, with a dagger when code it was trained by has changed since."""
+    return model + DAGGER if model in superseded else model
+
+
+def best_per_objective(rows: list[dict], objective_of: dict[str, str], bar_ratio: float = BAR_RATIO,
+                       superseded: dict[str, str] | None = None) -> list[str]:
+    """A markdown table: per objective, its lowest FD at each student step count and the run that scored it
+    (daggered if superseded), and whether that 1-step FD meets the issue's bar (<= bar_ratio x the teacher's
+    32-step FD)."""
     bar = bar_ratio * teacher_fd(rows, 32)
     lines = [f"| objective | {' | '.join(map(steps_label, STUDENT_STEPS))} | 1 step <= {bar:.2f} |",
              "|---|" + "---|" * (len(STUDENT_STEPS) + 1)]
     for name, cells in best_cells(rows, objective_of).items():
-        shown = [f"{cells[s][0]:.2f} ({cells[s][1]})" if s in cells else "" for s in STUDENT_STEPS]
+        shown = [f"{cells[s][0]:.2f} ({marked(cells[s][1], superseded or {})})" if s in cells else ""
+                 for s in STUDENT_STEPS]
         met = "" if 1 not in cells else ("yes" if cells[1][0] <= bar else "no")
         lines.append(f"| {name} | {' | '.join(shown)} | {met} |")
     return lines
@@ -67,13 +76,14 @@ def write_table_and_plot(payload: dict, objective_of: dict[str, str]) -> None:
     models = list(dict.fromkeys(r["model"] for r in payload["rows"]))
     steps = sorted({r["steps"] for r in payload["rows"]})
     table = {(r["model"], r["steps"]): r["fd"] for r in payload["rows"]}
+    superseded = payload.get("superseded", {})
     lines = ["Best run per objective (its recipe's objective.name; lowest FD at each step count):", "",
-             *best_per_objective(payload["rows"], objective_of), "", "Every run:", "",
+             *best_per_objective(payload["rows"], objective_of, superseded=superseded), "", "Every run:", "",
              "| model | training steps | after | " + " | ".join(map(steps_label, steps)) + " |",
              "|---|---|---|" + "---|" * len(steps)]
     for m in models:
         training = payload["training"].get(m, {})
-        lines.append(f"| {m} | {training.get('train_steps', '')} | {training.get('started_from', '')} | "
+        lines.append(f"| {marked(m, superseded)} | {training.get('train_steps', '')} | {training.get('started_from', '')} | "
                      + " | ".join(f"{table[(m, s)]:.2f}" if (m, s) in table else "" for s in steps) + " |")
     ref = payload["reference"]
     reasons: dict[tuple, list[str]] = {}
@@ -81,6 +91,10 @@ def write_table_and_plot(payload: dict, objective_of: dict[str, str]) -> None:
         reasons.setdefault((tuple(w["steps"]), w["why"]), []).append(m)
     for (withdrawn_steps, why), ms in reasons.items():
         lines.append(f"\n{', '.join(ms)}: {', '.join(map(str, withdrawn_steps))}-step figures withdrawn ({why}).")
+    for why in dict.fromkeys(superseded.values()):
+        ms = [m for m, w in superseded.items() if w == why]
+        lines.append(f"\n{DAGGER.strip()} {', '.join(ms)}: trained by code that has changed since, so the recipe now trains "
+                     f"differently ({why}).")
     lines.append(f"\nFloor (real train vs test): {ref['train_vs_test']:.2f}; noise vs test: {ref['noise_vs_test']:.1f}; "
                  f"{payload['num_eval']} samples per cell.")
     inception = payload.get("inception_fid_vs_train")
@@ -89,12 +103,13 @@ def write_table_and_plot(payload: dict, objective_of: dict[str, str]) -> None:
                   "each; grey as RGB, clean-fid resize):", "", "| model (steps) | FID |", "|---|---|"]
         rank = {m: i for i, m in enumerate(["real_train", "teacher", *models])}  # floor, teacher, the FD table's order
         values = inception["values"]
-        lines += [f"| {k} | {values[k]:.2f} |" for k in sorted(values, key=lambda k: rank.get(inception_subject(k), len(rank)))]
+        for k in sorted(values, key=lambda k: rank.get(inception_subject(k), len(rank))):
+            lines.append(f"| {k}{DAGGER if inception_subject(k) in superseded else ''} | {values[k]:.2f} |")
     (RESULTS / "bundled_task.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     colours, markers = plt.get_cmap("tab20").colors, "osD^v<>P"
     teacher = next(m for m in models if m.startswith("teacher"))
-    lines_drawn = {f"{name} ({run})": run for name, run in plotted_runs(payload["rows"], objective_of).items()}
+    lines_drawn = {f"{name} ({marked(run, superseded)})": run for name, run in plotted_runs(payload["rows"], objective_of).items()}
     for i, (label, m) in enumerate([*lines_drawn.items(), (teacher, teacher)]):
         pts = sorted((s, v) for (mm, s), v in table.items() if mm == m)
         look = ({"color": "black", "marker": "o", "lw": 2.5} if m == teacher

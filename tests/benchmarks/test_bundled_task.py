@@ -51,6 +51,19 @@ def test_merge_replaces_only_the_run_methods():
     assert "sid" not in out["training"] and out["inception_fid_vs_train"]["values"] == {"teacher_32step": 76.0}
 
 
+def test_supersede_keeps_the_rows_marked_and_a_re_evaluation_clears_the_mark():
+    namespace = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")
+    superseded, merged = namespace["superseded"], namespace["merged"]
+    on_disk = results([("add", 1, 4.1), ("ladd", 1, 4.0), ("sid", 1, 1.0)], {})
+    out = superseded(on_disk, ["add", "ladd"], "discriminator fixed")
+    assert out["rows"] == on_disk["rows"] and out["superseded"] == {"add": "discriminator fixed",
+                                                                    "ladd": "discriminator fixed"}
+    again = merged(out, results([("add", 1, 3.0)], {}), ["add"], {"add", "ladd", "sid"})
+    assert again["superseded"] == {"ladd": "discriminator fixed"}  # add was retrained and re-evaluated
+    with pytest.raises(SystemExit, match="no rows for"):
+        superseded(on_disk, ["vsd"], "why")
+
+
 def test_withdraw_drops_only_the_named_rows_and_a_re_evaluation_clears_it():
     namespace = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")
     withdrawn, merged = namespace["withdrawn"], namespace["merged"]

@@ -40,12 +40,14 @@ def test_write_table_and_plot_draws_the_tables_and_one_line_per_objective(report
                "rows": rows([("cd", 1, 6.8), ("cd_long", 1, 3.5), ("sid", 1, 1.2), ("sid", 2, 1.4),
                              ("teacher (Euler, CFG 1.5)", 1, 57.0), ("teacher (Euler, CFG 1.5)", 32, 1.0)]),
                "training": {"cd_long": {"train_steps": 3000, "started_from": "cd"}},
-               "withdrawn": {"cd": {"steps": [2, 4], "why": "a fix"}},
+               "withdrawn": {"cd": {"steps": [2, 4], "why": "a fix"}}, "superseded": {"sid": "a change"},
                "inception_fid_vs_train": {"num_samples": 2048, "values": {"sid_1step": 90.0, "teacher_32step": 76.0}}}
     report.write_table_and_plot(payload, {"cd": "cd", "cd_long": "cd", "sid": "sid"})
     table = (tmp_path / "bundled_task.md").read_text().splitlines()
     assert "| cd_long | 3000 | cd | 3.50 |  |  |" in table  # every run, with its budget and start
-    assert "| sid | 1.20 (sid) | 1.40 (sid) |  | yes |" in table
+    assert "| sid | 1.20 (sid \u2020) | 1.40 (sid \u2020) |  | yes |" in table  # the run marked superseded
+    assert "| sid \u2020 |  |  | 1.20 | 1.40 |  |" in table  # steps 1, 2, 32
     assert "cd: 2, 4-step figures withdrawn (a fix)." in table
-    assert table.index("| teacher_32step | 76.00 |") < table.index("| sid_1step | 90.00 |")  # teacher first
+    assert "\u2020 sid: trained by code that has changed since, so the recipe now trains differently (a change)." in table
+    assert table.index("| teacher_32step | 76.00 |") < table.index("| sid_1step \u2020 | 90.00 |")  # teacher first
     assert (tmp_path / "bundled_task.png").stat().st_size > 0
