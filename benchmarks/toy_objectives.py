@@ -5,11 +5,13 @@ worst seed, so a recipe that diverges at some seeds shows it. CPU, one thread, a
 
     python benchmarks/toy_objectives.py                       # writes benchmarks/results/toy_objectives.{json,md}
     python benchmarks/toy_objectives.py --recipes sid --set optimizers.student.lr=3e-4   # a setting across seeds
+    python benchmarks/toy_objectives.py --recipes add ladd --merge   # re-measure some recipes, keep the other rows
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -79,6 +81,11 @@ def table(rows: list[dict], teacher: dict[int, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def step_keys(row: dict) -> dict:
+    """A row read back from JSON, its per-step dicts keyed by int again."""
+    return {k: {int(n): v for n, v in value.items()} if k.endswith("_sw") else value for k, value in row.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="*", default=RECIPES)
@@ -86,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe override for every recipe (repeatable); with it nothing is written")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only these recipes' rows in benchmarks/results/toy_objectives.json (same seeds)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as the tests run; float summation order (and so a GAN's path) depends on threads
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -98,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                      "teacher_euler_sw": runs[0]["teacher_euler_sw"],  # the teacher and its noise do not vary by seed
                      "runs": [{k: v for k, v in r.items() if k != "teacher_euler_sw"} for r in runs]})
         print(table(rows[-1:], runs[0]["teacher_euler_sw"]).splitlines()[-1], flush=True)
+    if args.merge:
+        previous = json.loads((RESULTS / "toy_objectives.json").read_text())
+        if previous["seeds"] != seeds:
+            parser.error(f"--merge: the existing rows use --seeds {','.join(map(str, previous['seeds']))}")
+        fresh = {row["recipe"]: row for row in rows}
+        rows = [fresh.pop(row["recipe"], step_keys(row)) for row in previous["rows"]] + list(fresh.values())
     teacher = rows[0]["teacher_euler_sw"]  # every recipe distils the same analytic ring
     text = table(rows, teacher)
     if not (args.no_write or args.set):  # the committed table describes the recipes as shipped
