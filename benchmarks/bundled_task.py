@@ -286,12 +286,17 @@ def merged(previous: dict, payload: dict, methods: list[str], shipped: set[str])
     return out
 
 
+def require_rows(previous: dict, methods: list[str], flag: str) -> None:
+    """Stop, naming them, if some `methods` have no rows in the results (a typo would mark nothing)."""
+    unknown = set(methods) - {r["model"] for r in previous["rows"]}
+    if unknown:
+        raise SystemExit(f"{flag}: no rows for {sorted(unknown)} in benchmarks/results/bundled_task.json")
+
+
 def withdrawn(previous: dict, methods: list[str], steps: set[int], why: str) -> dict:
     """`previous` without `methods`' rows and Inception FIDs at `steps`, each withdrawal recorded with `why`: for
     figures a code fix made wrong whose saved students are gone. Their other rows stay."""
-    unknown = set(methods) - {r["model"] for r in previous["rows"]}
-    if unknown:
-        raise SystemExit(f"--withdraw: no rows for {sorted(unknown)} in benchmarks/results/bundled_task.json")
+    require_rows(previous, methods, "--withdraw")
 
     out = {**previous, "rows": [r for r in previous["rows"] if not (r["model"] in methods and r["steps"] in steps)]}
     inception = previous.get("inception_fid_vs_train")
@@ -333,9 +338,7 @@ def inception_fids(teacher, guidance: float, best: dict, num: int, references: b
 def superseded(previous: dict, methods: list[str], why: str) -> dict:
     """`previous` with `methods` marked as trained by code that has changed since (their recipes now train
     differently, their students are gone): rows kept, each marked with `why`; re-evaluating a method clears it."""
-    unknown = set(methods) - {r["model"] for r in previous["rows"]}
-    if unknown:
-        raise SystemExit(f"--supersede: no rows for {sorted(unknown)} in benchmarks/results/bundled_task.json")
+    require_rows(previous, methods, "--supersede")
     return {**previous, "superseded": {**previous.get("superseded", {}), **{m: why for m in methods}}}
 
 

@@ -78,14 +78,14 @@ class AdversarialTerm(nn.Module):
         fake_logits = self.discriminator.call(fake_in, t_fake, cond, backbone_grad=False)
         loss = self.d_loss(real_logits, fake_logits)
         logs = {"adv/d_loss": loss.detach(), **gan.logit_logs("adv/d", real_logits, fake_logits)}
-        if self.r1_weight > 0:  # on each sample's score, the mean of its logits (one per position with per_position)
-            score = real_logits.reshape(len(real_logits), -1).mean(1)
+        if self.r1_weight > 0:  # on each sample's score: R1's gamma keeps its meaning with per-position logits
             if exact_r1:
-                penalty = gan.r1_penalty(score, real_in)
+                penalty = gan.r1_penalty(gan.sample_scores(real_logits), real_in)
             else:
                 noise = torch.randn(real_in.shape, generator=generator, dtype=real_in.dtype, device=real_in.device)
                 perturbed = self.discriminator.call(real_in + self.r1_sigma * noise, t_real, cond, backbone_grad=False)
-                penalty = gan.approximate_r1(score, perturbed.reshape(len(perturbed), -1).mean(1), self.r1_sigma)
+                penalty = gan.approximate_r1(gan.sample_scores(real_logits), gan.sample_scores(perturbed),
+                                             self.r1_sigma)
             loss = loss + 0.5 * self.r1_weight * penalty
             logs["adv/r1"] = penalty.detach()
         logs.update(self.monitor.check_accuracy(logs["adv/d/accuracy"]))

@@ -115,6 +115,11 @@ def hinge_generator_loss(fake_logits: Tensor) -> Tensor:
     return -fake_logits.mean()
 
 
+def sample_scores(logits: Tensor) -> Tensor:
+    """One score per sample: the mean of its logits ((B,) as is; (B, positions) from per-position heads)."""
+    return logits.reshape(len(logits), -1).mean(1)
+
+
 def r1_penalty(real_logits: Tensor, real_inputs: Tensor) -> Tensor:
     """R1 (Mescheder et al. 2018, Eq. 9, without gamma / 2): ||grad_x D(x)||^2 per real sample, batch mean.
     Keeps the graph so the penalty trains the discriminator."""
@@ -197,4 +202,4 @@ class CollapseMonitor:
 
 __all__ = ["CollapseMonitor", "DiscriminatorHead", "approximate_r1", "default_tap", "discriminator_loss",
            "feature_channels", "generator_loss", "hinge_discriminator_loss", "hinge_generator_loss", "logit_logs",
-           "r1_penalty"]
+           "r1_penalty", "sample_scores"]
