@@ -113,7 +113,10 @@ def build_student(teacher: Denoiser, cfg: StudentConfig, model_cfg: ModelConfig)
 def initialise_from_run(objective: Objective, source: str) -> None:
     """student.init: load the student (and the fake score, where the source run has one) from a fewstep run
     directory's latest checkpoint or a checkpoint folder. A network may lack only its discriminator head (a
-    SiDA run started from SiD) or, for a student, the frozen teacher inside it (Phased DMD's mixture)."""
+    SiDA run started from SiD) or, for a student, the frozen teacher inside it (Phased DMD's mixture). The source's
+    objective state goes to the objective's after_student_init hook (sCM resumes its tangent warm-up from it)."""
+    from safetensors.torch import load_file
+
     from .training.checkpoint import network_weights, resolve_checkpoint
 
     path = Path(source)
@@ -135,7 +138,8 @@ def initialise_from_run(objective: Objective, source: str) -> None:
             raise ConfigError(f"config error: student.init: the {name} in {checkpoint} does not fit this recipe's "
                               f"{name} (missing {missing[:3]}, unexpected {unexpected[:3]}); start from a run of "
                               "the same model and fake-score layout")
-    objective.after_student_init()
+    state_file = checkpoint / "objective_state.safetensors"
+    objective.after_student_init(load_file(str(state_file)) if state_file.is_file() else {})
 
 
 def build_data(config: Config, teacher: Denoiser, device: torch.device, rank: int = 0, world_size: int = 1,

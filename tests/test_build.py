@@ -91,3 +91,31 @@ def test_a_warm_restart_starts_the_ema_target_at_the_loaded_student(tmp_path, re
     assert_equal_weights(setup.objective.target, student)
     fresh = build_setup(load_config(ROOT / "configs" / recipe, [f"run.output_dir={tmp_path / 'x'}", *QUIET]))
     assert not all(torch.equal(fresh.objective.target.state_dict()[k], v) for k, v in student.items())
+
+
+@pytest.mark.parametrize("recipe", ["scm_toy.yaml", "rcm_toy.yaml"])
+def test_a_warm_restart_from_an_scm_run_carries_on_its_tangent_warm_up(tmp_path, recipe):
+    """sCM's tangent warm-up r = updates / tangent_warmup_steps: a student already trained by sCM must not be
+    restarted at r = 0 (its tangent without dF/dt); a run whose state is not sCM's starts it at 0."""
+    source = tmp_path / "source"
+    train("scm_toy.yaml", source, "objective.tangent_warmup_steps=4")
+    checkpoint = source / "checkpoints" / "step-00000002"
+
+    def warm_start(init: Path):
+        return build_setup(load_config(ROOT / "configs" / recipe, [
+            f"run.output_dir={tmp_path / 'next'}", f"student.init={init}", "objective.tangent_warmup_steps=4",
+            *QUIET])).objective
+
+    objective = warm_start(source)
+    assert int(objective.updates) == 2 and objective.warmup == 0.5
+    assert float(objective.tangent_norm_mean) == 0  # the guards' running means start afresh
+    fresh = build_setup(load_config(ROOT / "configs" / recipe, [f"run.output_dir={tmp_path / 'x'}", *QUIET]))
+    assert int(fresh.objective.updates) == 0 and fresh.objective.warmup == 0
+
+    state = load_file(checkpoint / "objective_state.safetensors")
+    save_file({"target.weight": torch.zeros(1)}, str(checkpoint / "objective_state.safetensors"))  # not sCM's state
+    assert int(warm_start(source).updates) == 0
+    (checkpoint / "objective_state.safetensors").unlink()  # a checkpoint without objective state
+    assert int(warm_start(source).updates) == 0
+    save_file(state, str(checkpoint / "objective_state.safetensors"))
+    assert warm_start(checkpoint).warmup == 0.5

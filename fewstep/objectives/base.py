@@ -56,9 +56,10 @@ class Objective(nn.Module):
     def after_update(self, phase: str) -> None:
         """Hook after an optimiser step of `phase` (e.g. move an EMA target network)."""
 
-    def after_student_init(self) -> None:
+    def after_student_init(self, source_state: dict[str, Tensor]) -> None:
         """Hook after student.init loaded the trained networks from another run: networks derived from the student
-        at construction (e.g. an EMA target) follow the loaded weights."""
+        at construction (e.g. an EMA target) follow the loaded weights. source_state is the extra_state of the
+        objective that trained the source run ({} when its checkpoint has none)."""
 
     def extra_state(self) -> dict[str, Tensor]:
         """Evolving state that is not a trained network (EMA targets, running stats) for checkpoints."""

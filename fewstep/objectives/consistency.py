@@ -105,7 +105,7 @@ class EMATargetObjective(Objective):
     def after_update(self, phase: str) -> None:
         ema_update(self.target, self.student, self.target_ema_decay)
 
-    def after_student_init(self) -> None:
+    def after_student_init(self, source_state: dict[str, Tensor]) -> None:
         self.target.load_state_dict(self.student.state_dict())  # a warm restart's target starts at its student
 
     def extra_state(self) -> dict[str, Tensor]:

@@ -314,6 +314,15 @@ class ContinuousConsistencyDistillation(Objective):
 
     GUARD_STATE = ("updates", "tangent_norm_mean", "grad_norm_mean", "tangent_norm_reference")
 
+    def after_student_init(self, source_state: dict[str, Tensor]) -> None:
+        """A warm restart from an sCM-trained run (sCM, rCM, sCM + LADD: its state has the guards' keys) carries on
+        that run's update count, so its tangent warm-up does not restart at r = 0: a consistency model trained at
+        r = 1 would otherwise be pulled for tangent_warmup_steps updates by a tangent without its dF/dt term. The
+        guards' running means start afresh (this run's batch and learning rate set their level). A student from
+        any other run (DMD, SiD, the teacher) warms up from 0."""
+        if all(name in source_state for name in ("updates", "tangent_norm_mean")):
+            self.updates.copy_(source_state["updates"])
+
     def extra_state(self) -> dict[str, Tensor]:
         return {name: getattr(self, name).clone() for name in self.GUARD_STATE}
 
