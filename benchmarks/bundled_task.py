@@ -175,9 +175,11 @@ def main() -> None:
     parser.add_argument("--withdraw-steps", default="2,4")
     parser.add_argument("--supersede", default="",
                         help="methods whose rows stay but are marked as trained by code since changed (see --why)")
-    parser.add_argument("--why", default="", help="the reason recorded with each withdrawn or superseded run (required)")
+    parser.add_argument("--why", default="",
+                        help="the reason recorded with each withdrawn or superseded run (required)")
     parser.add_argument("--render", action="store_true",
-                        help="only rewrite bundled_task.{md,png} from bundled_task.json (after a change to how they are drawn)")
+                        help="only rewrite bundled_task.{md,png} from bundled_task.json (after a change to how they "
+                             "are drawn)")
     args = parser.parse_args()
     if args.render:
         render(read_results())

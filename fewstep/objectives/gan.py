@@ -134,7 +134,8 @@ def approximate_r1(real_logits: Tensor, perturbed_logits: Tensor, sigma: float) 
     return (real_logits - perturbed_logits).pow(2).mean() / sigma**2
 
 
-LOSSES = {"non_saturating": (discriminator_loss, generator_loss), "hinge": (hinge_discriminator_loss, hinge_generator_loss)}
+LOSSES = {"non_saturating": (discriminator_loss, generator_loss),
+          "hinge": (hinge_discriminator_loss, hinge_generator_loss)}
 
 
 def logit_logs(prefix: str, real_logits: Tensor | None, fake_logits: Tensor) -> dict[str, Tensor]:
@@ -157,7 +158,8 @@ class CollapseMonitor:
 
     def __init__(self, diversity_ratio: float = 0.1, max_accuracy: float = 0.99, patience: int = 100,
                  stop: bool = False):
-        self.diversity_ratio, self.max_accuracy, self.patience, self.stop = diversity_ratio, max_accuracy, patience, stop
+        self.diversity_ratio, self.max_accuracy = diversity_ratio, max_accuracy
+        self.patience, self.stop = patience, stop
         self.initial_diversity: float | None = None
         self.dominated_updates = 0
         self.reported: set[str] = set()
