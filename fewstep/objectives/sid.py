@@ -115,9 +115,13 @@ class SiDConfig(MatchingConfig):
 
 class SiDLSGConfig(SiDConfig):
     """SiD-LSG: guidance on both scores (all kappas 1.5 by default: tune them per teacher) and 10% prompt
-    dropout for the fake score, as the reference code's use_context_dropout_train_fake."""
+    dropout for the fake score, as the reference code's use_context_dropout_train_fake. Unlike the reference, which
+    blanks the prompt before the generator samples, the dropped samples keep the generator's condition and only the
+    fake score's is nulled: its unconditional branch then learns the generator's marginal over conditions, the
+    counterpart of the teacher's unconditional score (the generator loss never samples the null condition)."""
 
     name: Literal["sid_lsg"] = "sid_lsg"  # type: ignore[assignment]
+    alpha: float = 1.0  # the SiD-LSG reference scripts' alpha (plain SiD's is 1.2)
     guidance_scale: float = 1.5  # kappa_4: the teacher's CFG inside the generator loss
     fake_guidance_scale: float = 1.5
     fake_train_guidance_scale: float = 1.5
