@@ -33,9 +33,8 @@ def checkpoint_fds(run: str, student_steps: list[int], num_eval: int,
         if ema and not (path / "ema_student.safetensors").is_file():
             raise SystemExit(f"{path} holds no EMA of the student (its run had no run.ema_decay): drop --ema")
         row = {}
-        for weights in ["final", "ema"] if ema else ["final"]:
-            setup = load_run(run, str(path), ema=weights == "ema")
-            suffix = "_ema" if weights == "ema" else ""
+        for suffix, use_ema in [("", False), ("_ema", True)][:2 if ema else 1]:
+            setup = load_run(run, str(path), ema=use_ema)
             row.update({f"{steps}step{suffix}": fd_to_test(student_samples(setup.objective, steps, num_eval))
                         for steps in student_steps})
         curve[path.name] = row

@@ -234,7 +234,8 @@ class ContinuousConsistencyDistillation(Objective):
                        "norm jumped above spike_factor x its running mean; scm/tangent_drift = inf: the running "
                        "tangent norm passed drift_factor x its post-warm-up level). Keep the time path in fp32 (do "
                        "not cast timesteps or time embeddings to fp16/bf16), lengthen objective.tangent_warmup_steps, "
-                       "lower the learning rate, or set objective.tangent=finite_difference to rule out the JVP attention kernel")
+                       "lower the learning rate, or set objective.tangent=finite_difference to rule out the JVP "
+                       "attention kernel")
 
     def __init__(self, student: Denoiser, teacher: Denoiser, loss: SCMLoss | None = None, *,
                  tangent_warmup_steps: int = 1000, adaptive_weighting: bool = True, weight_features: int = 128,
