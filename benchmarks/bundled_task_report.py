@@ -83,7 +83,8 @@ def write_table_and_plot(payload: dict, objective_of: dict[str, str]) -> None:
              "|---|---|---|" + "---|" * len(steps)]
     for m in models:
         training = payload["training"].get(m, {})
-        lines.append(f"| {marked(m, superseded)} | {training.get('train_steps', '')} | {training.get('started_from', '')} | "
+        lines.append(f"| {marked(m, superseded)} | {training.get('train_steps', '')} | "
+                     f"{training.get('started_from', '')} | "
                      + " | ".join(f"{table[(m, s)]:.2f}" if (m, s) in table else "" for s in steps) + " |")
     ref = payload["reference"]
     reasons: dict[tuple, list[str]] = {}
@@ -93,10 +94,10 @@ def write_table_and_plot(payload: dict, objective_of: dict[str, str]) -> None:
         lines.append(f"\n{', '.join(ms)}: {', '.join(map(str, withdrawn_steps))}-step figures withdrawn ({why}).")
     for why in dict.fromkeys(superseded.values()):
         ms = [m for m, w in superseded.items() if w == why]
-        lines.append(f"\n{DAGGER.strip()} {', '.join(ms)}: trained by code that has changed since, so the recipe now trains "
-                     f"differently ({why}).")
-    lines.append(f"\nFloor (real train vs test): {ref['train_vs_test']:.2f}; noise vs test: {ref['noise_vs_test']:.1f}; "
-                 f"{payload['num_eval']} samples per cell.")
+        lines.append(f"\n{DAGGER.strip()} {', '.join(ms)}: trained by code that has changed since, so the recipe "
+                     f"now trains differently ({why}).")
+    lines.append(f"\nFloor (real train vs test): {ref['train_vs_test']:.2f}; "
+                 f"noise vs test: {ref['noise_vs_test']:.1f}; {payload['num_eval']} samples per cell.")
     inception = payload.get("inception_fid_vs_train")
     if inception:
         lines += ["", f"Inception FID vs {inception['num_samples']} train images ({inception['num_samples']} samples "
@@ -109,13 +110,15 @@ def write_table_and_plot(payload: dict, objective_of: dict[str, str]) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     colours, markers = plt.get_cmap("tab20").colors, "osD^v<>P"
     teacher = next(m for m in models if m.startswith("teacher"))
-    lines_drawn = {f"{name} ({marked(run, superseded)})": run for name, run in plotted_runs(payload["rows"], objective_of).items()}
+    lines_drawn = {f"{name} ({marked(run, superseded)})": run
+                   for name, run in plotted_runs(payload["rows"], objective_of).items()}
     for i, (label, m) in enumerate([*lines_drawn.items(), (teacher, teacher)]):
         pts = sorted((s, v) for (mm, s), v in table.items() if mm == m)
         look = ({"color": "black", "marker": "o", "lw": 2.5} if m == teacher
                 else {"color": colours[i % 20], "marker": markers[i % 8]})
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, ms=5, **look)
-    ax.axhline(BAR_RATIO * teacher_fd(payload["rows"], 32), color="black", ls=":", label=f"{BAR_RATIO}x teacher's 32 steps")
+    ax.axhline(BAR_RATIO * teacher_fd(payload["rows"], 32), color="black", ls=":",
+               label=f"{BAR_RATIO}x teacher's 32 steps")
     ax.axhline(ref["train_vs_test"], color="gray", ls="--", label="real data (floor)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

@@ -32,10 +32,12 @@ def environment() -> dict[str, Any]:
     import accelerate
     import diffusers
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+              else f"cpu ({platform.processor() or platform.machine()})")
     return {"device": device, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "accelerate": accelerate.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "threads": torch.get_num_threads(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": shlex.join([Path(sys.executable).name, *sys.argv])}  # quoted: it reruns as is
 
 

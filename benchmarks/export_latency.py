@@ -1,7 +1,7 @@
 """Sampling latency of an exported few-step SDXL-architecture student vs its teacher's 25/50-step CFG sampling.
 
     python benchmarks/export_latency.py                 # GPU: SDXL UNet from its public config, fp16, 128x128 latents
-    python benchmarks/export_latency.py --tiny --out /tmp/latency.json   # CPU smoke run on a tiny UNet (no timing claim)
+    python benchmarks/export_latency.py --tiny --out /tmp/latency.json  # CPU smoke run on a tiny UNet (no timing claim)
 
 Same run, same random-weight UNet (an exported LoRA, fused or not, has the UNet's cost; weights do not change
 speed): the student's denoising loop with the shipped LCMScheduler at 1 and 4 steps (batch 1, no CFG: the export
@@ -58,7 +58,8 @@ def student_loop(unet, scheduler, steps: int, latents: torch.Tensor, cond: dict)
 
 
 @torch.no_grad()
-def teacher_loop(unet, scheduler, steps: int, latents: torch.Tensor, cond2: dict, guidance: float = 7.5) -> torch.Tensor:
+def teacher_loop(unet, scheduler, steps: int, latents: torch.Tensor, cond2: dict,
+                 guidance: float = 7.5) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=latents.device)
     x = latents * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.repeats, device) for n in (25, 50)})
     ratios = {f"teacher_{t}step_cfg / student_{s}step": seconds[f"teacher_{t}step_cfg"] / seconds[f"student_{s}step"]
               for t in (25, 50) for s in (1, 4)}
-    payload = {"model": "tiny SDXL-layout UNet (smoke run)" if args.tiny else "SDXL UNet (public config), random weights",
+    payload = {"model": ("tiny SDXL-layout UNet (smoke run)" if args.tiny
+                         else "SDXL UNet (public config), random weights"),
                "dtype": str(dtype), "latent": [4, size, size], "repeats": args.repeats,
                "seconds_median": seconds, "speedup": ratios,
                "scope": "denoising loop only (text encoders and VAE excluded: identical in both pipelines)"}

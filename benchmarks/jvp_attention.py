@@ -146,8 +146,8 @@ def end_to_end(dtype: torch.dtype, batch: int, device: str, sample_size: int = 1
     from fewstep.kernels import jvp_attention_enabled
 
     model = SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=16, out_channels=16,
-                                  num_layers=layers, attention_head_dim=64, num_attention_heads=heads, joint_attention_dim=768,
-                                  caption_projection_dim=64 * heads, pooled_projection_dim=768,
+                                  num_layers=layers, attention_head_dim=64, num_attention_heads=heads,
+                                  joint_attention_dim=768, caption_projection_dim=64 * heads, pooled_projection_dim=768,
                                   pos_embed_max_size=sample_size).to(device, dtype).eval().requires_grad_(False)
     gen = torch.Generator(device=device).manual_seed(0)
     x, tx = (torch.randn(batch, 16, sample_size, sample_size, device=device, dtype=dtype, generator=gen)

@@ -118,9 +118,11 @@ def main() -> None:
             bare_times.append(timed(bare))
             our_times.append(timed(ours))
         ratios = [o / b for o, b in zip(our_times, bare_times)]
-        results[name] = {"bare_s_median": statistics.median(bare_times), "fewstep_s_median": statistics.median(our_times),
+        results[name] = {"bare_s_median": statistics.median(bare_times),
+                         "fewstep_s_median": statistics.median(our_times),
                          "ratio_median": statistics.median(ratios), "ratios": ratios}
-        print(f"{name:14s} bare {results[name]['bare_s_median']*1e3:8.1f} ms  fewstep {results[name]['fewstep_s_median']*1e3:8.1f} ms"
+        print(f"{name:14s} bare {results[name]['bare_s_median']*1e3:8.1f} ms  "
+              f"fewstep {results[name]['fewstep_s_median']*1e3:8.1f} ms"
               f"  ratio {results[name]['ratio_median']:.3f}")
     targets = {"train_step": 1.10, "sample_1step": 1.05}
     write_result(f"overhead_{args.size}_{device.type}", {

@@ -10,7 +10,8 @@ from typing import Callable
 def _distill(sub: argparse._SubParsersAction) -> None:
     from . import distill
 
-    p = sub.add_parser("distill", help="train a few-step student from a YAML recipe (same as python -m fewstep.distill)")
+    p = sub.add_parser("distill",
+                       help="train a few-step student from a YAML recipe (same as python -m fewstep.distill)")
     distill.add_arguments(p)
     p.set_defaults(func=distill.run)
 
@@ -18,7 +19,8 @@ def _distill(sub: argparse._SubParsersAction) -> None:
 def _demo(sub: argparse._SubParsersAction) -> None:
     from . import demo
 
-    p = sub.add_parser("demo", help="distil the bundled teacher on this machine in minutes and compare with the teacher")
+    p = sub.add_parser("demo",
+                       help="distil the bundled teacher on this machine in minutes and compare with the teacher")
     demo.add_arguments(p)
     p.set_defaults(func=demo.run)
 

@@ -156,8 +156,8 @@ def _check_toy_pairing(config: Config) -> None:
     """A check across sections (run by build_config, so load_config applies it whatever was imported)."""
     is_toy_model, is_toy_data = config.model.kind == "toy_gmm", config.data.kind == "toy"
     if is_toy_model != is_toy_data:
-        raise ConfigError(f"config error: data.kind: {config.data.kind!r} does not fit model.kind={config.model.kind!r}; "
-                          "the toy model trains on data.kind=toy and only it does")
+        raise ConfigError(f"config error: data.kind: {config.data.kind!r} does not fit "
+                          f"model.kind={config.model.kind!r}; the toy model trains on data.kind=toy and only it does")
 
 
 def _format_errors(err: ValidationError, prefix: str, model: type[BaseModel]) -> str:
@@ -196,7 +196,8 @@ def _validate(model: type[BaseModel], raw: Any, prefix: str) -> BaseModel:
 def _pick(registry: dict[str, type[BaseModel]], raw: dict[str, Any], key: str, section: str) -> type[BaseModel]:
     value = raw.get(key)
     if value not in registry:
-        raise ConfigError(f"config error: {section}.{key}: {value!r} is not known; allowed: {', '.join(sorted(registry))}")
+        raise ConfigError(f"config error: {section}.{key}: {value!r} is not known; "
+                          f"allowed: {', '.join(sorted(registry))}")
     return registry[value]
 
 

@@ -20,7 +20,8 @@ class ToySource:
         self.mixture, self.batch_size, self.device = mixture, cfg.batch_size, torch.device(device)
 
     def next_batch(self, generator: torch.Generator) -> Batch:
-        cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
+        cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator,
+                                                                  device=generator.device)))
         labels = None
         if self.mixture.num_classes:
             labels = torch.randint(0, self.mixture.num_classes, (self.batch_size,), generator=cpu_gen)

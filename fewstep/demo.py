@@ -2,7 +2,8 @@
 
 Default task: the committed Animal-MNIST teacher (a class-conditional DiT flow-matching model on real
 28x28 silhouettes) is distilled with configs/sid_animal_mnist.yaml (SiD, data-free; the best 1-step FD per
-CPU minute in benchmarks/results/bundled_task.json) through the same config -> trainer path as every recipe. Teacher (Euler, CFG) and student are then measured at equal step counts by FD in
+CPU minute in benchmarks/results/bundled_task.json) through the same config -> trainer path as every recipe.
+Teacher (Euler, CFG) and student are then measured at equal step counts by FD in
 the bundled classifier's features against the held-out test split. `--task toy` runs the analytic
 Gaussian-mixture version instead (exact metric, seconds).
 """
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                                "train_steps": config.run.max_steps, "rows": rows}, indent=2))
     print(f"results: {out}; sample grids: {args.output_dir}/demo_*.png")
     if args.task == "animal_mnist":
-        print(f"export the student as a diffusers folder: fewstep export {args.output_dir} --format full --out exports/demo")
+        print("export the student as a diffusers folder: "
+              f"fewstep export {args.output_dir} --format full --out exports/demo")
     return 0
 
 
@@ -109,7 +111,8 @@ def _measure_toy(setup, config, out_dir: Path, n: int) -> tuple[list[dict], str]
     mixture = setup.teacher.mixture
     noise = torch.randn(n, *mixture.event_shape, generator=torch.Generator().manual_seed(1234))
     reference = mixture.sample(n, torch.Generator().manual_seed(4321))
-    rows = [{"model": "teacher (Euler)", "steps": s, "score": sliced_wasserstein(sample_ode(setup.teacher, noise, s), reference)}
+    rows = [{"model": "teacher (Euler)", "steps": s,
+             "score": sliced_wasserstein(sample_ode(setup.teacher, noise, s), reference)}
             for s in (1, 4, 32)]
     for steps in (1, 2):
         x = setup.objective.sample(noise, steps, None, torch.Generator().manual_seed(99))

@@ -15,7 +15,8 @@ from .config import ConfigError, load_config
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of run.output_dir")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.max_steps=100 optimizers.student.lr=1e-5")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value overrides, e.g. run.max_steps=100 optimizers.student.lr=1e-5")
     return parser
 
 

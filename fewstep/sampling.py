@@ -20,5 +20,6 @@ def sample_ode(denoiser: Denoiser, noise: Tensor, num_steps: int, cond: Cond | N
     x = initial_state(noise, denoiser.path, times[0])
     denoise = denoiser.denoise_fn(cond, guidance_scale)
     for t, t_next in zip(times[:-1], times[1:]):
-        x = solver_step(solver, x, time_like(t, len(x), x.device), time_like(t_next, len(x), x.device), denoise, denoiser.path)
+        x = solver_step(solver, x, time_like(t, len(x), x.device), time_like(t_next, len(x), x.device), denoise,
+                        denoiser.path)
     return x

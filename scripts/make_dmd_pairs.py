@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=10000)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--solver", default="euler", choices=["euler", "ddim", "heun"])
-    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the recipe's objective.guidance_scale")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="default: the recipe's objective.guidance_scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -41,14 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = build_teacher(config.model).to(device).eval()
     data = build_data(config, teacher, torch.device(device), text_encoder=build_text_encoder(config.model, teacher))
-    guidance = args.guidance_scale if args.guidance_scale is not None else getattr(config.objective, "guidance_scale", 1.0)
+    guidance = (args.guidance_scale if args.guidance_scale is not None
+                else getattr(config.objective, "guidance_scale", 1.0))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     noises, samples, conds = [], [], []
     done = 0
     while done < args.num:
         batch = data.next_batch(generator)
         n = min(len(batch), args.num - done)
-        cond = None if batch.cond is None else {k: v if k in NON_BATCHED_COND_KEYS else v[:n] for k, v in batch.cond.items()}
+        cond = (None if batch.cond is None
+                else {k: v if k in NON_BATCHED_COND_KEYS else v[:n] for k, v in batch.cond.items()})
         noise = torch.randn((n, *batch.x0.shape[1:]), generator=generator, device=device)
         samples.append(sample_ode(teacher, noise, args.steps, cond, guidance, args.solver).float().cpu())
         noises.append(noise.cpu())

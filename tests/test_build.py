@@ -18,7 +18,8 @@ QUIET = ["run.trackers=[]", "run.progress_bar=false", "run.num_samples=0", "run.
 
 
 def train(recipe: str, run_dir: Path, *overrides: str):
-    config = load_config(ROOT / "configs" / recipe, [f"run.output_dir={run_dir}", "run.max_steps=2", *QUIET, *overrides])
+    config = load_config(ROOT / "configs" / recipe,
+                         [f"run.output_dir={run_dir}", "run.max_steps=2", *QUIET, *overrides])
     setup = build_setup(config)
     Trainer(setup.objective, setup.data, config.run, config.optimizers, config.to_dict()).fit()
     return setup
@@ -57,7 +58,8 @@ def test_a_sida_run_starts_from_a_sid_runs_student_and_fake_score(tmp_path):
     # the started run no longer needs its source: load_run and resume read only its own checkpoints
     shutil.rmtree(sid)
     reloaded = load_run(tmp_path / "sida")
-    assert_equal_weights(reloaded.student, load_file(tmp_path / "sida" / "checkpoints" / "step-00000001" / "model.safetensors"))
+    assert_equal_weights(reloaded.student,
+                         load_file(tmp_path / "sida" / "checkpoints" / "step-00000001" / "model.safetensors"))
 
 
 def test_student_init_errors_name_the_fix(tmp_path):

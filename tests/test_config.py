@@ -71,7 +71,8 @@ def test_every_shipped_recipe_validates(recipe):
 
 def test_base_recipe_merges_section_by_section_and_the_file_wins(tmp_path):
     (tmp_path / "parent.yaml").write_text(RECIPE.read_text())
-    (tmp_path / "child.yaml").write_text("base: parent.yaml\nrun: {max_steps: 7}\nobjective: {guidance_range: [1, 3]}\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nrun: {max_steps: 7}\n"
+                                         "objective: {guidance_range: [1, 3]}\n")
     parent, child = load_config(tmp_path / "parent.yaml").to_dict(), load_config(tmp_path / "child.yaml").to_dict()
     assert child["run"]["max_steps"] == 7 and parent["run"]["max_steps"] != 7
     assert child["objective"]["guidance_range"] == [1.0, 3.0]

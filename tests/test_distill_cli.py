@@ -22,15 +22,16 @@ def trained_weights(run: Path) -> dict[str, torch.Tensor]:
 
 def run_cli(out: Path, *overrides: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "fewstep.distill", "--config", RECIPE, f"run.output_dir={out}", *COMMON,
-                           *overrides], capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "fewstep.distill", "--config", RECIPE, f"run.output_dir={out}",
+                           *COMMON, *overrides], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_cli_full_finetune_on_tiny_unet(tmp_path):
     run_cli(tmp_path)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "metrics.jsonl").is_file()
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step00000004_1step.png", "step00000004_2step.png"]
+    assert (sorted(p.name for p in (tmp_path / "samples").iterdir())
+            == ["step00000004_1step.png", "step00000004_2step.png"])
     assert (tmp_path / "loss_curves.png").is_file()
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))  # TensorBoard through accelerate's tracker
     teacher, _ = tiny_denoiser("unet2d")
@@ -50,7 +51,8 @@ def test_lora_student_trains_only_adapters(tmp_path):
     lora = [k for k in student if "lora_" in k]
     assert lora, "no LoRA weights in the checkpoint"
     for key, value in reference.items():  # every base weight is untouched
-        base_key = key if key in student else key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        base_key = (key if key in student
+                    else key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias"))
         assert torch.equal(student[base_key], value), key
     lora_b = [k for k in lora if "lora_B" in k]
     assert any(student[k].abs().sum() > 0 for k in lora_b)  # B starts at zero; training moved it

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ["unet2d", "sd15", "sdxl", "sd3", "flux", "sana", "dit"]
 OBJECTIVES = {  # objective -> (second network, a log key its phases must write)
     "sid": ("fake_score", "sid_loss"), "sid_lsg": ("fake_score", "sid_loss"), "sida": ("fake_score", "gan/d_loss"),
-    "vsd": ("fake_score", "vsd_loss"), "add": ("discriminator", "distill_loss"), "ladd": ("discriminator", "adv/d_loss"),
-    "rcm": ("fake_score", "dmd_loss"), "scm_ladd": ("discriminator", "adv/g_loss")}
+    "vsd": ("fake_score", "vsd_loss"), "add": ("discriminator", "distill_loss"),
+    "ladd": ("discriminator", "adv/d_loss"), "rcm": ("fake_score", "dmd_loss"),
+    "scm_ladd": ("discriminator", "adv/g_loss")}
 BASE = ["run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.checkpoint_every=0", "run.num_samples=2"]
 
 

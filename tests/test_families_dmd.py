@@ -16,7 +16,8 @@ BASE = ["run.trackers=[]", "run.progress_bar=false", "run.max_steps=2", "run.che
 
 
 def run(config: str, tmp_path: Path, *overrides: str) -> dict:
-    assert distill.main(["--config", str(ROOT / "configs" / config), f"run.output_dir={tmp_path}", *BASE, *overrides]) == 0
+    assert distill.main(["--config", str(ROOT / "configs" / config), f"run.output_dir={tmp_path}", *BASE,
+                         *overrides]) == 0
     checkpoint = tmp_path / "checkpoints" / "step-00000002"
     return {f.name: load_file(f) for f in checkpoint.glob("model*.safetensors")}
 
@@ -33,7 +34,8 @@ def test_dmd2_recipe_runs_and_trains(family, lora, tmp_path):
     diagnostics = sorted(p.name.split("_diag_")[1] for p in (tmp_path / "samples").glob("*_diag_*.png"))
     assert diagnostics == ["fake_score_x0.png", "generator.png", "noisy.png", "real_score_x0.png"]
     logged = (tmp_path / "metrics.jsonl").read_text()
-    for key in ("fake_score_loss", "dmd_loss", "gan/d/logit_real", "gan/g/logit_fake", "diversity", "grad_norm/fake_score"):
+    for key in ("fake_score_loss", "dmd_loss", "gan/d/logit_real", "gan/g/logit_fake", "diversity",
+                "grad_norm/fake_score"):
         assert key in logged
 
 
@@ -41,7 +43,8 @@ def test_lora_fake_score_keeps_no_second_copy(tmp_path):
     states = run("dmd2_sd15_tiny.yaml", tmp_path, "objective.fake_score.mode=lora", "objective.fake_score.lora_rank=2")
     fake_score = states["model_1.safetensors"]
     assert fake_score and all(k.startswith(("adapter_parameters.", "head.")) for k in fake_score)
-    assert sum(v.numel() for v in fake_score.values()) < 0.2 * sum(v.numel() for v in states["model.safetensors"].values())
+    assert (sum(v.numel() for v in fake_score.values())
+            < 0.2 * sum(v.numel() for v in states["model.safetensors"].values()))
 
 
 @pytest.mark.parametrize("config", ["dmd_phased_unet2d_tiny.yaml", "dmd_decoupled_unet2d_tiny.yaml"])

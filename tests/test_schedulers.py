@@ -137,7 +137,8 @@ def test_scheduler_loop_equals_the_trainers_sampler(case):
             return denoise(x_trig * (path.alpha(t) / axis.alpha(u)).reshape(-1, 1, 1, 1).to(x_trig), t)
 
         angles = axis.t_from_log_snr(path.log_snr(times))
-        expected = consistency_sample(denoise_trig, noise, angles, case["gamma"], torch.Generator().manual_seed(9), axis)
+        expected = consistency_sample(denoise_trig, noise, angles, case["gamma"], torch.Generator().manual_seed(9),
+                                      axis)
     replay = torch.Generator().manual_seed(9)
     draws = [torch.randn(noise.shape, generator=replay) for _ in range(len(times) - 1)]
     scheduler = FewStepConsistencyScheduler(path=path.config(), prediction_type=pred, gamma=case["gamma"],

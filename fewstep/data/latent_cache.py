@@ -142,7 +142,8 @@ def cache_dataset(dataset: Dataset, vae: torch.nn.Module, encode_prompts: Prompt
     """
     out = Path(out_dir)
     if (out / INDEX_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a latent cache; pass overwrite=True (CLI: --overwrite) or another folder")
+        raise FileExistsError(f"{out} already holds a latent cache; "
+                              "pass overwrite=True (CLI: --overwrite) or another folder")
     if len(dataset) == 0:
         raise EmptyDatasetError("cache_dataset got an empty dataset; nothing to encode")
     out.mkdir(parents=True, exist_ok=True)

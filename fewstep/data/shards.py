@@ -157,7 +157,8 @@ class WebDatasetLoader:
         units = world_size * max(1, cfg.num_workers)
         if len(urls) < units:
             raise EmptyDatasetError(f"webdataset {cfg.path}: {len(urls)} shards cannot feed {world_size} ranks x "
-                                    f"{max(1, cfg.num_workers)} workers; lower data.num_workers or split into more shards")
+                                    f"{max(1, cfg.num_workers)} workers; "
+                                    "lower data.num_workers or split into more shards")
         self.cfg, self.rank, self.world_size, self.seed = cfg, rank, world_size, seed
         self.stream = ShardStream(cfg, urls, rank, world_size, seed, metadata_filters(cfg) + (extra_filters or []))
         self.batches = 0

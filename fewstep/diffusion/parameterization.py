@@ -65,7 +65,8 @@ def from_x0_eps(x0: Tensor, eps: Tensor, prediction_type: str, t: Tensor, path: 
     raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
-def convert_prediction(pred: Tensor, src_type: str, dst_type: str, x_t: Tensor, t: Tensor, path: GaussianPath) -> Tensor:
+def convert_prediction(pred: Tensor, src_type: str, dst_type: str, x_t: Tensor, t: Tensor,
+                       path: GaussianPath) -> Tensor:
     if src_type == dst_type:
         return pred
     x0, eps = to_x0_eps(pred, src_type, x_t, t, path)
@@ -74,7 +75,8 @@ def convert_prediction(pred: Tensor, src_type: str, dst_type: str, x_t: Tensor, 
 
 def _require_trigflow(path: GaussianPath) -> None:
     if not isinstance(path, TrigFlowPath):
-        raise ValueError("prediction_type 'trigflow' is defined on the TrigFlow path only; convert the state with convert_state first")
+        raise ValueError("prediction_type 'trigflow' is defined on the TrigFlow path only; "
+                         "convert the state with convert_state first")
 
 
 def lcm_boundary_scalings(path: GaussianPath, t: Tensor, boundary_time: float, sigma_data: float = 0.5,

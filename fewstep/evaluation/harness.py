@@ -82,7 +82,8 @@ def generate_stats(generate: GenerateFn, steps: int, pipeline: FeaturePipeline, 
             _sync_device()
             timings.append((time.perf_counter() - t0, count))
             if images.shape[0] != count:
-                raise ValueError(f"generate({count}, {steps}, seed) returned {images.shape[0]} images; it must return exactly n")
+                raise ValueError(f"generate({count}, {steps}, seed) returned {images.shape[0]} images; "
+                                 "it must return exactly n")
             yield images
 
     stats = compute_stats(batches(), pipeline, dataset=f"generated/steps={steps}", allow_small=True,

@@ -94,11 +94,13 @@ def to_nchw(array: np.ndarray | Tensor, channels_last: bool | None = None) -> Te
     if tensor.ndim == 3:
         return tensor.unsqueeze(1)
     if tensor.ndim != 4:
-        raise ValueError(f"expected images of shape N x C x H x W, N x H x W x C or N x H x W, got {tuple(tensor.shape)}")
+        raise ValueError("expected images of shape N x C x H x W, N x H x W x C or N x H x W, "
+                         f"got {tuple(tensor.shape)}")
     first, last = tensor.shape[1] in (1, 3), tensor.shape[-1] in (1, 3)
     if channels_last is None:
         if first == last:
-            raise ValueError(f"cannot tell the channel axis of shape {tuple(tensor.shape)}; pass channels_last=True/False")
+            raise ValueError(f"cannot tell the channel axis of shape {tuple(tensor.shape)}; "
+                             "pass channels_last=True/False")
         channels_last = last
     return tensor.permute(0, 3, 1, 2).contiguous() if channels_last else tensor
 
@@ -132,7 +134,8 @@ def iter_image_folder(folder: str | Path, batch_size: int, grayscale: bool = Fal
         batch = [load_image_file(p, grayscale) for p in files[start:start + batch_size]]
         shapes = {tuple(b.shape) for b in batch}
         if len(shapes) != 1:
-            raise ValueError(f"images under {folder} differ in size {sorted(shapes)}; resize them to one resolution first")
+            raise ValueError(f"images under {folder} differ in size {sorted(shapes)}; "
+                             "resize them to one resolution first")
         yield torch.cat(batch)
 
 

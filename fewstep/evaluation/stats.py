@@ -132,7 +132,8 @@ def compute_stats(batches: Tensor | Iterable[Tensor], pipeline: FeaturePipeline,
         for batch in batches:
             shape = tuple(int(s) for s in batch.shape[-2:])
             if resolution is not None and shape != resolution:
-                raise ValueError(f"batches differ in resolution ({resolution} then {shape}); evaluate one resolution at a time")
+                raise ValueError(f"batches differ in resolution ({resolution} then {shape}); "
+                                 "evaluate one resolution at a time")
             resolution, channels = shape, int(batch.shape[1])
             acc.update(pipeline(batch))
             bar.update(len(batch))

@@ -20,5 +20,6 @@ __all__ = [
     "DTYPES", "FORMATS", "ExportError", "LoadedExport", "export_run", "load_export", "network_sha256", "open_run",
     "read_info", "verify_export", "FAMILIES", "ExportFamily", "decode", "family_of", "generate", "scheduler_loop",
     "LoraLoadError", "load_lora_strict", "lora_state_dict", "merged_state_dict", "to_kohya", "FewStepScheduler",
-    "SchedulerExportError", "consistency_scheduler", "default_export_scheduler", "flow_scheduler", "lcm_scheduler", "scheduler_for",
+    "SchedulerExportError", "consistency_scheduler", "default_export_scheduler", "flow_scheduler", "lcm_scheduler",
+    "scheduler_for",
 ]

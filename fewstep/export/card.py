@@ -83,7 +83,8 @@ def model_card(info: dict[str, Any], spec: FewStepScheduler, family: ExportFamil
         notes.append(f"`{base}` is a random test model: `fewstep.models.tiny.tiny_pipeline('{family.name}')`.")
     benches = benchmark_sections(run_dir, base)
     bench_md = ("\n\n".join(f"From `{src}`:\n\n{md}" for src, md in benches)
-                if benches else "No benchmark figures were recorded for this run (`fewstep bench RUN_DIR` measures them).")
+                if benches else "No benchmark figures were recorded for this run "
+                                "(`fewstep bench RUN_DIR` measures them).")
     tags = ["fewstep", "diffusers", "few-step", spec.method] + (["lora"] if fmt != "full" else [])
     front = "\n".join(["---", "library_name: diffusers", f"base_model: {base}",
                        "tags:", *[f"- {t}" for t in tags], "---"])
@@ -127,4 +128,4 @@ Pass the timesteps / sigmas below: the scheduler's default spacing is NOT the gr
 
 `fewstep_export.json` holds the scheduler, per-step schedules, call kwargs, base-model hash and the export's
 own round-trip verification; every `.safetensors` file carries the same facts in its metadata (`fewstep.*`).
-"""
+"""  # noqa: E501 (a markdown table row of the card template; splitting it would change the card)

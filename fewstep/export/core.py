@@ -306,7 +306,8 @@ class LoadedExport:
 
     def call_kwargs(self, num_steps: int) -> dict[str, Any]:
         """kwargs for pipe(...) that reproduce the student at num_steps (timesteps/sigmas, guidance, ...)."""
-        return {"num_inference_steps": num_steps, **self.spec.set_timesteps_kwargs(num_steps), **self.info["call_kwargs"]}
+        return {"num_inference_steps": num_steps, **self.spec.set_timesteps_kwargs(num_steps),
+                **self.info["call_kwargs"]}
 
     def generate(self, num_steps: int, latents: Tensor, **kwargs: Any) -> Tensor:
         extra = {k: v for k, v in self.info["call_kwargs"].items() if k != "guidance_scale"}
@@ -367,7 +368,8 @@ def _check_base(pipe: Any, family: ExportFamily, info: dict[str, Any]) -> None:
     if got != info["base_model_sha256"]:
         raise ExportError(f"the base pipeline's {family.network} is not the network this LoRA was distilled from "
                           f"({info['base_model']}: sha256 {info['base_model_sha256'][:12]}..., got {got[:12]}...); "
-                          "a LoRA on another fine-tune or dtype needs a lower lora_scale and will not match the student")
+                          "a LoRA on another fine-tune or dtype needs a lower lora_scale "
+                          "and will not match the student")
 
 
 # ---------------- verification ----------------

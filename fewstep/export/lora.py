@@ -84,7 +84,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" not in k}
     for name, layer in layers.items():
         delta = layer.get_delta_weight(adapter).detach()
-        state[f"{name}.base_layer.weight"] = state[f"{name}.base_layer.weight"] + delta.to(state[f"{name}.base_layer.weight"])
+        state[f"{name}.base_layer.weight"] = (state[f"{name}.base_layer.weight"]
+                                              + delta.to(state[f"{name}.base_layer.weight"]))
     return {k.replace(".base_layer.", "."): v for k, v in state.items()}
 
 
@@ -234,7 +235,8 @@ def load_lora_strict(pipe: Any, family: ExportFamily, path: str | Path, adapter_
         problems = []
         if unmatched:
             problems.append(f"{len(unmatched)} of {len(exported)} exported LoRA tensors did not load into "
-                            f"{type(network).__name__}: {', '.join(unmatched[:20])}{' ...' if len(unmatched) > 20 else ''}")
+                            f"{type(network).__name__}: {', '.join(unmatched[:20])}"
+                            f"{' ...' if len(unmatched) > 20 else ''}")
         if extra:
             problems.append(f"{extra} adapter tensors in the network were not in the file (left at initialisation)")
         if bad_scale:

@@ -81,7 +81,8 @@ class FewStepScheduler:
             raise SchedulerExportError(f"recommended steps {missing} have no timesteps/sigmas in the export")
         for n, kwargs in self.steps.items():
             if len(kwargs) != 1 or next(iter(kwargs)) not in ("timesteps", "sigmas"):
-                raise SchedulerExportError(f"steps[{n}] must be {{'timesteps': [...]}} or {{'sigmas': [...]}}; got {kwargs}")
+                raise SchedulerExportError(f"steps[{n}] must be {{'timesteps': [...]}} "
+                                           f"or {{'sigmas': [...]}}; got {kwargs}")
             values = next(iter(kwargs.values()))
             if len(values) != n:
                 raise SchedulerExportError(f"steps[{n}] has {len(values)} values, expected {n}")
@@ -224,7 +225,8 @@ def lcm_scheduler(path: VPPath, prediction_type: str, grids: Mapping[int, torch.
     steps = {}
     for n, grid in grids.items():
         rounded = grid.round()
-        if not torch.allclose(grid, rounded, atol=1e-6) or (rounded < 0).any() or (rounded >= path.num_train_timesteps).any():
+        if (not torch.allclose(grid, rounded, atol=1e-6) or (rounded < 0).any()
+                or (rounded >= path.num_train_timesteps).any()):
             raise SchedulerExportError(f"the {n}-step grid {grid.tolist()} is not integer DDPM timesteps in "
                                        f"[0, {path.num_train_timesteps}); LCMScheduler cannot visit it")
         if boundary is None and (rounded == 0).any():
@@ -272,8 +274,9 @@ def flow_scheduler(path: FlowPath, prediction_type: str, grids: Mapping[int, tor
     config = dict(FlowMatchEulerDiscreteScheduler(num_train_timesteps=path.num_train_timesteps, shift=1.0,
                                                   use_dynamic_shifting=False, stochastic_sampling=stochastic).config)
     return FewStepScheduler("FlowMatchEulerDiscreteScheduler", _plain(config), steps, max_boundary_error=worst,
-                            notes=("sigmas are used as given (shift 1.0, no dynamic shifting); the student's boundary scaling "
-                                   f"c_skip/c_out is left out, a relative difference of at most {worst:.1e}"
+                            notes=("sigmas are used as given (shift 1.0, no dynamic shifting); "
+                                   "the student's boundary scaling c_skip/c_out is left out, "
+                                   f"a relative difference of at most {worst:.1e}"
                                    if worst else "sigmas are used as given (shift 1.0, no dynamic shifting)"),
                             **common)
 

@@ -21,7 +21,7 @@ x_t is always the (B, C, H, W) latent; FLUX packs 2x2 patches internally. Inputs
 dtype and outputs back to x_t's dtype; timesteps, guidance, time_ids and position ids stay fp32.
 Path and prediction type come from the checkpoint's scheduler config (`load_denoiser`); text embeddings
 come from the frozen conditioners in `encoders`; `tiny` builds seeded toy versions of every family offline.
-"""
+"""  # noqa: E501 (the markdown table of model kinds cannot be wrapped)
 
 from .adapter import DiffusersDenoiser
 from .base import NON_BATCHED_COND_KEYS, Cond, Denoiser, cat_conds

@@ -86,7 +86,8 @@ class Denoiser(PreparedRouting, nn.Module):
 
     def null_cond(self, cond: Cond) -> Cond:
         """The unconditional counterpart of `cond` (null class, empty-prompt embeddings)."""
-        raise NotImplementedError(f"{type(self).__name__} has no unconditional branch; classifier-free guidance needs one")
+        raise NotImplementedError(f"{type(self).__name__} has no unconditional branch; "
+                                  "classifier-free guidance needs one")
 
     def guided(self, x_t: Tensor, t: Tensor, cond: Cond | None, guidance_scale: float | Tensor = 1.0,
                null_cond: Cond | None = None) -> Tensor:
@@ -103,7 +104,8 @@ class Denoiser(PreparedRouting, nn.Module):
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
         both = self.call_network(torch.cat([x_t, x_t]), torch.cat([t, t]), cat_conds(cond, uncond))
         pred_cond, pred_uncond = both.chunk(2)
-        w = guidance_scale if scalar else torch.as_tensor(guidance_scale).reshape(-1, *([1] * (x_t.ndim - 1))).to(pred_cond)
+        w = (guidance_scale if scalar
+             else torch.as_tensor(guidance_scale).reshape(-1, *([1] * (x_t.ndim - 1))).to(pred_cond))
         return pred_uncond + w * (pred_cond - pred_uncond)
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond | None = None, *, target: str = "sample",

@@ -213,7 +213,8 @@ class FluxConditioner(TextConditioner):
     def encode(self, prompts: list[str]) -> Cond:
         cond = self._embed(prompts)
         if self.guidance is not None:
-            cond["guidance"] = torch.full((len(prompts),), float(self.guidance), device=cond["pooled_projections"].device)
+            cond["guidance"] = torch.full((len(prompts),), float(self.guidance),
+                                          device=cond["pooled_projections"].device)
         return cond
 
     def encode_null(self) -> Cond:

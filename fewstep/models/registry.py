@@ -88,7 +88,8 @@ def load_denoiser(kind: str, pretrained: str, subfolder: str | None = None, dtyp
         subfolder = "" if is_model_dir else family.subfolder
     cls = _model_class(family.model_class)
     try:
-        model = cls.from_pretrained(pretrained, subfolder=subfolder or None, torch_dtype=dtype, **from_pretrained_kwargs)
+        model = cls.from_pretrained(pretrained, subfolder=subfolder or None, torch_dtype=dtype,
+                                    **from_pretrained_kwargs)
     except (OSError, ValueError) as err:
         raise OSError(f"could not load {family.model_class} from {pretrained!r} (subfolder={subfolder!r}): {err}. "
                       "Check the folder layout or pass subfolder=...") from err

@@ -264,14 +264,16 @@ def tiny_pipeline_components(family: str, seed: int = 0) -> dict[str, Any]:
                     tokenizer_3=tiny_t5_tokenizer())
     if family == "flux":
         return dict(transformer=tiny_flux_transformer(seed=seed), vae=tiny_vae(shift_factor=0.1, seed=seed + 1),
-                    scheduler=scheduler, text_encoder=tiny_clip_text_model(seed=seed + 2), tokenizer=tiny_clip_tokenizer(),
-                    text_encoder_2=tiny_t5_encoder(seed=seed + 4), tokenizer_2=tiny_t5_tokenizer())
-    return dict(transformer=tiny_sana_transformer(seed=seed), vae=tiny_autoencoder_dc(seed=seed + 1), scheduler=scheduler,
-                text_encoder=tiny_gemma2_encoder(seed=seed + 2), tokenizer=tiny_gemma_tokenizer())
+                    scheduler=scheduler, text_encoder=tiny_clip_text_model(seed=seed + 2),
+                    tokenizer=tiny_clip_tokenizer(), text_encoder_2=tiny_t5_encoder(seed=seed + 4),
+                    tokenizer_2=tiny_t5_tokenizer())
+    return dict(transformer=tiny_sana_transformer(seed=seed), vae=tiny_autoencoder_dc(seed=seed + 1),
+                scheduler=scheduler, text_encoder=tiny_gemma2_encoder(seed=seed + 2), tokenizer=tiny_gemma_tokenizer())
 
 
 PIPELINE_CLASSES = {"ddpm": "DDPMPipeline", "sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
-                    "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline", "sana": "SanaPipeline", "dit": "DiTPipeline"}
+                    "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline", "sana": "SanaPipeline",
+                    "dit": "DiTPipeline"}
 
 
 def tiny_pipeline(family: str, seed: int = 0):

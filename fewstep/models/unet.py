@@ -53,7 +53,8 @@ class UNet2DDenoiser(DiffusersDenoiser):
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
         cond = self.prepare_cond(cond)
         if self.num_classes is None and "class_labels" in cond:
-            raise ValueError("this UNet2DModel has no class embedding (num_class_embeds=None); drop cond['class_labels']")
+            raise ValueError("this UNet2DModel has no class embedding (num_class_embeds=None); "
+                             "drop cond['class_labels']")
         out = self.model(x_t.to(self.model_dtype), self.model_time(t, x_t),
                          class_labels=cond.get("class_labels"), return_dict=False)[0]
         return out.to(x_t.dtype)

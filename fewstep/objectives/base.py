@@ -82,7 +82,8 @@ def initial_state(noise: Tensor, path: GaussianPath, t_start: float | Tensor) ->
     return noise * sigma.to(noise)
 
 
-def drop_conditions(denoiser: Denoiser, cond: Cond | None, probability: float, generator: torch.Generator) -> Cond | None:
+def drop_conditions(denoiser: Denoiser, cond: Cond | None, probability: float,
+                    generator: torch.Generator) -> Cond | None:
     """Replace the condition of each sample by the unconditional one with `probability` (CFG training's
     condition dropout, so the unconditional branch of a trained score stays learned)."""
     if not cond or probability <= 0:
@@ -91,7 +92,8 @@ def drop_conditions(denoiser: Denoiser, cond: Cond | None, probability: float, g
     batch = next(v.shape[0] for k, v in cond.items() if k not in NON_BATCHED_COND_KEYS)
     device = next(iter(cond.values())).device
     drop = torch.rand(batch, generator=generator, device=device) < probability
-    return {k: v if k in NON_BATCHED_COND_KEYS else torch.where(drop.reshape(-1, *([1] * (v.ndim - 1))), null[k].to(v), v)
+    return {k: (v if k in NON_BATCHED_COND_KEYS
+                else torch.where(drop.reshape(-1, *([1] * (v.ndim - 1))), null[k].to(v), v))
             for k, v in cond.items()}
 
 

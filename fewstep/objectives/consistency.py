@@ -21,7 +21,8 @@ from .base import Batch, Objective, renoise_sample
 class BoundaryCondition:
     """The LCM boundary condition f = c_skip x_t + c_out x0 (diffusion.apply_lcm_boundary)."""
 
-    def __init__(self, denoiser: Denoiser, boundary_time: float, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
+    def __init__(self, denoiser: Denoiser, boundary_time: float, sigma_data: float = 0.5,
+                 timestep_scaling: float = 10.0):
         self.path = denoiser.path
         self.boundary_time = boundary_time
         self.sigma_data = sigma_data

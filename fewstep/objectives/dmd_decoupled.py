@@ -58,7 +58,8 @@ def mmd_rbf_loss(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0
     return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
 
 
-def decoupled_gradients(x: Tensor, real_cond: Tensor, real_cfg: Tensor, fake: Tensor | None) -> tuple[Tensor, Tensor | None]:
+def decoupled_gradients(x: Tensor, real_cond: Tensor, real_cfg: Tensor,
+                        fake: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """(CA, DM) updates at one x_t, each with DMD's weight 1 / mean|x - x0_cfg|."""
     x, real_cond, real_cfg = x.float(), real_cond.float(), real_cfg.float()
     weight = 1.0 / (x - real_cfg).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True)
@@ -88,7 +89,8 @@ class DecoupledDMD(DistributionMatching):
         if not self.ca_below_generator_time:
             return self.noise_times(n, generator, device, self.ca_time_range)
         if input_times is None:
-            raise ValueError("ca_below_generator_time needs the generator's input times (matching_loss(..., input_times))")
+            raise ValueError("ca_below_generator_time needs the generator's input times "
+                             "(matching_loss(..., input_times))")
         lo, hi = _trainable_range(self.teacher.path)
         top = ((input_times.double() - lo) / (hi - lo)).clamp(max=self.ca_time_range[1])  # as path fractions
         bottom = top.clamp(max=self.ca_time_range[0])
@@ -149,9 +151,11 @@ class DecoupledDMDConfig(DMDConfig):
             if getattr(self, name) is not None:
                 check_time_range(getattr(self, name), name)
         if self.gan.time_range is not None:
-            raise ValueError("gan.time_range: decoupled DMD's GAN term draws its noise levels from dm_time_range; set that")
+            raise ValueError("gan.time_range: decoupled DMD's GAN term draws its noise levels from dm_time_range; "
+                             "set that")
         if self.dm_term == "gan" and not self.gan.discriminator_weight:
-            raise ValueError("dm_term=gan needs gan.discriminator_weight > 0 (its weight in the generator is dm_weight)")
+            raise ValueError("dm_term=gan needs gan.discriminator_weight > 0 "
+                             "(its weight in the generator is dm_weight)")
         if self.dm_term != "gan" and self.gan.generator_weight:
             raise ValueError("gan.generator_weight is only for dm_term=gan here (weighted by dm_weight)")
         return self

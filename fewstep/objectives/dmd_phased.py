@@ -78,7 +78,8 @@ class PhasedStudent(Denoiser):
                               "or use experts: copy")
         if getattr(model, "is_gradient_checkpointing", False):
             raise ConfigError("config error: objective.experts: 'lora' cannot be combined with gradient checkpointing "
-                              "(the adapter is switched per call); use experts: copy or run.gradient_checkpointing=false")
+                              "(the adapter is switched per call); "
+                              "use experts: copy or run.gradient_checkpointing=false")
         base = model.peft_config["default"]
         self.adapters = ["default"] + [f"phase_{i}" for i in range(1, k)]
         with warnings.catch_warnings():  # peft warns that the model will hold several adapters: intended here
@@ -132,7 +133,8 @@ class PhasedDMD(DistributionMatching):
         path = teacher.path
         full = [path.t_max, *boundaries, path.t_min]
         if any(a <= b for a, b in zip(full, full[1:])):
-            raise ValueError(f"boundaries must be strictly decreasing inside ({path.t_min}, {path.t_max}), got {boundaries}")
+            raise ValueError(f"boundaries must be strictly decreasing inside ({path.t_min}, {path.t_max}), "
+                             f"got {boundaries}")
         self.register_buffer("boundaries", torch.tensor(full, dtype=torch.float64), persistent=False)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         self.steps_per_phase, self.dmd_time_range, self.boundary_step = steps_per_phase, dmd_time_range, boundary_step
@@ -156,7 +158,8 @@ class PhasedDMD(DistributionMatching):
         self.generator_updates.copy_(state["generator_updates"])
 
     # ---- the phase's generator ----
-    def step_to(self, x: Tensor, t: float | Tensor, x0: Tensor, s: float | Tensor, generator: torch.Generator) -> Tensor:
+    def step_to(self, x: Tensor, t: float | Tensor, x0: Tensor, s: float | Tensor,
+                generator: torch.Generator) -> Tensor:
         """Expert output at the phase's lower boundary s: DDIM with the expert's own eps, or re-noising."""
         path, n = self.teacher.path, len(x)
         t, s = time_like(t, n, x.device), time_like(s, n, x.device)
@@ -199,8 +202,8 @@ class PhasedDMD(DistributionMatching):
             fake = subinterval_posterior_mean(x_t, fake_x0, s, t, path)
             grad = dmd_gradient(x_s, real, fake)
         loss = surrogate_loss(x_s, grad)
-        return loss, {"dmd_loss": loss.detach(), "dmd/grad_abs": grad.abs().mean(), "diversity": pairwise_diversity(x_s),
-                      "phase": torch.tensor(float(self.phase))}
+        return loss, {"dmd_loss": loss.detach(), "dmd/grad_abs": grad.abs().mean(),
+                      "diversity": pairwise_diversity(x_s), "phase": torch.tensor(float(self.phase))}
 
     def fake_score_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         """Subinterval denoising: x_t diffused from the generator's x_s, target E[x_s | x_t]."""

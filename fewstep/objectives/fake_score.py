@@ -92,7 +92,8 @@ class FakeScore(Denoiser):
         if any(p.dtype in (torch.float16, torch.bfloat16) for p in network.parameters()):
             network = network.float()
         student_model = getattr(student, "model", None)
-        if getattr(student_model, "is_gradient_checkpointing", False) and hasattr(network, "enable_gradient_checkpointing"):
+        if (getattr(student_model, "is_gradient_checkpointing", False)
+                and hasattr(network, "enable_gradient_checkpointing")):
             network.enable_gradient_checkpointing()
         return cls(network)
 

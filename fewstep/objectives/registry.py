@@ -47,7 +47,8 @@ def build_objective(cfg: BaseModel, student: Denoiser, teacher: Denoiser) -> Obj
     return BUILDERS[name](cfg, student, teacher)
 
 
-FAMILY_MODULES = ("adversarial", "dmd", "dmd_decoupled", "dmd_phased", "multistep_cm", "regularized_cm", "scm", "sid", "vsd")
+FAMILY_MODULES = ("adversarial", "dmd", "dmd_decoupled", "dmd_phased", "multistep_cm", "regularized_cm", "scm", "sid",
+                  "vsd")
 
 
 def register_all() -> None:

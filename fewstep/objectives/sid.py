@@ -55,9 +55,9 @@ def sida_adversarial_loss(logits: Tensor, x: Tensor, real_x0: Tensor) -> Tensor:
 class ScoreIdentityDistillation(DistributionMatching):
     """SiD / SiD-LSG / SiDA: DMD's generator, fake score and sampler with SiD's generator loss."""
 
-    divergence_hint = ("SiD diverged: lower optimizers.student.lr (SiD uses lr 1e-5 .. 5e-6 with Adam eps 1e-6 .. 1e-4), "
-                       "lower objective.alpha towards 1, or keep max_grad_norm set (the loss backpropagates through "
-                       "both scores' inputs)")
+    divergence_hint = ("SiD diverged: lower optimizers.student.lr (SiD uses lr 1e-5 .. 5e-6 with Adam eps "
+                       "1e-6 .. 1e-4), lower objective.alpha towards 1, or keep max_grad_norm set (the loss "
+                       "backpropagates through both scores' inputs)")
 
     def __init__(self, student: Denoiser, teacher: Denoiser, fake_score: FakeScore, *, alpha: float = 1.2,
                  fake_guidance_scale: float = 1.0, fake_train_guidance_scale: float = 1.0, **kwargs):

@@ -41,7 +41,8 @@ class VariationalScoreDistillation(DistributionMatching):
         super().__init__(student, teacher, fake_score, **kwargs)
         self.guidance_range, self.weighting = guidance_range, weighting
 
-    def guidance(self, n: int, generator: torch.Generator, device: torch.device) -> tuple[Tensor | float, Tensor | float]:
+    def guidance(self, n: int, generator: torch.Generator,
+                 device: torch.device) -> tuple[Tensor | float, Tensor | float]:
         """(teacher scale, fake-score scale): fixed CFG on the teacher only, or one random scale per sample for
         both scores (SNOOPI's proper guidance)."""
         if self.guidance_range is None:

@@ -20,8 +20,8 @@ class RandomFourierFeatures(nn.Module):
 
     spatial = False
 
-    def __init__(self, mixture: GaussianMixture, num_features: int = 256, bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0),
-                 seed: int = 0):
+    def __init__(self, mixture: GaussianMixture, num_features: int = 256,
+                 bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0), seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         data_std = float(mixture.sample(4096, torch.Generator().manual_seed(seed)).std())

@@ -24,7 +24,8 @@ class GaussianMixture:
         self.means = means.double().reshape(means.shape[0], -1)
         self.stds = torch.as_tensor(stds, dtype=torch.float64).expand(self.means.shape[0]).clone()
         k = self.means.shape[0]
-        self.weights = (torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else weights.double() / weights.sum())
+        self.weights = (torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None
+                        else weights.double() / weights.sum())
         self.component_classes = component_classes
         self.event_shape = tuple(event_shape) if event_shape is not None else tuple(means.shape[1:])
         self.num_classes = 0 if component_classes is None else int(component_classes.max()) + 1
@@ -82,7 +83,8 @@ def image_mixture(num_modes: int = 6, shape: tuple[int, int, int] = (1, 8, 8), s
                   num_classes: int = 0) -> GaussianMixture:
     """Image-shaped mixture: each mode is a smooth random pattern in [-1, 1] (for UNet/DiT-shaped tests)."""
     g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(num_modes, shape[0], max(1, shape[1] // 4), max(1, shape[2] // 4), generator=g, dtype=torch.float64)
+    coarse = torch.rand(num_modes, shape[0], max(1, shape[1] // 4), max(1, shape[2] // 4), generator=g,
+                        dtype=torch.float64)
     means = torch.nn.functional.interpolate(coarse, size=shape[1:], mode="bilinear", align_corners=False) * 1.6 - 0.8
     classes = torch.arange(num_modes) % num_classes if num_classes > 0 else None
     return GaussianMixture(means, torch.tensor(std), component_classes=classes, event_shape=shape)

@@ -52,7 +52,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, tr
     if accelerator.is_main_process:
         for name, group in tensors.items():
             if group:
-                save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
+                save_file({k: v.detach().contiguous().cpu() for k, v in group.items()},
+                          str(tmp / f"{name}.safetensors"))
         _write_json_atomic(tmp / "trainer_state.json", trainer_state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -90,7 +91,8 @@ def resolve_checkpoint(run_dir: str | Path, which: str) -> Path:
     return root / pointer.read_text().strip()
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+def load_checkpoint(accelerator: Accelerator,
+                    path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Restore accelerate's part in place; return (trainer_state, tensor groups, this rank's data state)."""
     accelerator.load_state(str(path))
     trainer_state = json.loads((path / "trainer_state.json").read_text())

@@ -79,7 +79,8 @@ class Trainer:
         missing = sorted(set(self.networks) - set(optimizers))
         if missing:
             raise ValueError(f"config error: optimizers: no settings for network(s) {missing}; "
-                             f"add optimizers.{missing[0]}.lr=... (networks of this objective: {sorted(self.networks)})")
+                             f"add optimizers.{missing[0]}.lr=... "
+                             f"(networks of this objective: {sorted(self.networks)})")
         self.objective.to(self.accelerator.device)
         self._build_optimizers(optimizers)
         self.ema = self._build_ema()
@@ -134,7 +135,8 @@ class Trainer:
         if resume:
             self.load(resume)
         acc = self.accelerator
-        bar = tqdm(total=self.run.max_steps, initial=self.step, disable=not (acc.is_main_process and self.run.progress_bar),
+        bar = tqdm(total=self.run.max_steps, initial=self.step,
+                   disable=not (acc.is_main_process and self.run.progress_bar),
                    dynamic_ncols=True, desc="distill")
         pending: dict[str, list[float]] = {}
         started = time.perf_counter()
@@ -211,8 +213,8 @@ class Trainer:
     def _check_finite(self, phase: str, values: dict[str, torch.Tensor]) -> None:
         bad = {k: float(v) for k, v in values.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())}
         if bad:
-            raise NonFiniteError(f"non-finite values at step {self.step + 1}, phase '{phase}': {bad}. Training stopped; "
-                                 f"{self._checkpoint_note('last good checkpoint')}. "
+            raise NonFiniteError(f"non-finite values at step {self.step + 1}, phase '{phase}': {bad}. "
+                                 f"Training stopped; {self._checkpoint_note('last good checkpoint')}. "
                                  f"Hint: {self.objective.divergence_hint}")
 
     def _check_runaway(self, diversity: float) -> None:
@@ -229,7 +231,8 @@ class Trainer:
             raise RunawayError(
                 f"sample diversity {diversity:.4g} at step {self.step} passed run.max_diversity_growth={growth} x "
                 f"max(1, its first value {self.first_diversity:.4g}): the generator's samples are spreading without "
-                f"bound (the loss can stay finite while they do). Training stopped; {self._checkpoint_note('last checkpoint')}; the "
+                "bound (the loss can stay finite while they do). "
+                f"Training stopped; {self._checkpoint_note('last checkpoint')}; the "
                 f"diversity of every step is in {self.run_dir / 'metrics.jsonl'}. Hint: "
                 f"{self.objective.divergence_hint}; or raise run.max_diversity_growth")
 
@@ -258,15 +261,19 @@ class Trainer:
         paths = []
         with self._ema_weights():
             for steps in self.run.sample_steps:
-                x = self.objective.sample(noise, steps, cond, torch.Generator(device=acc.device).manual_seed(self.run.seed + 1))
-                paths.append(save_samples(x.float().cpu(), self.run_dir / "samples" / f"step{self.step:08d}_{steps}step.png",
+                x = self.objective.sample(noise, steps, cond,
+                                          torch.Generator(device=acc.device).manual_seed(self.run.seed + 1))
+                paths.append(save_samples(x.float().cpu(),
+                                          self.run_dir / "samples" / f"step{self.step:08d}_{steps}step.png",
                                           title=f"step {self.step}, {steps}-step"))
             if hasattr(self.objective, "diagnostics") and self._diagnostic_batch is not None:
                 # e.g. DMD: generator output next to real- and fake-score x0 predictions at the same noise
-                images = self.objective.diagnostics(self._diagnostic_batch, torch.Generator(device=acc.device).manual_seed(self.run.seed))
+                images = self.objective.diagnostics(self._diagnostic_batch,
+                                                    torch.Generator(device=acc.device).manual_seed(self.run.seed))
                 for name, x in images.items():
                     if x.ndim == 4:
-                        paths.append(save_samples(x.float().cpu(), self.run_dir / "samples" / f"step{self.step:08d}_diag_{name}.png"))
+                        paths.append(save_samples(x.float().cpu(),
+                                                  self.run_dir / "samples" / f"step{self.step:08d}_diag_{name}.png"))
         return paths
 
     def _sample_shape(self) -> tuple[int, ...]:
@@ -307,7 +314,8 @@ class Trainer:
                                    f"{self.accelerator.num_processes} processes; data positions restart per rank")
         self.step = int(trainer_state["step"])
         self.first_diversity = trainer_state.get("first_diversity")
-        self.objective.load_extra_state({k: v.to(self.accelerator.device) for k, v in tensors.get("objective_state", {}).items()})
+        self.objective.load_extra_state({k: v.to(self.accelerator.device)
+                                         for k, v in tensors.get("objective_state", {}).items()})
         for name, ema in self.ema.items():
             saved = tensors.get(f"ema_{name}")
             if saved is None:

@@ -32,7 +32,8 @@ def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Pat
     mode = "L" if c == 1 else "RGB"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid, mode=mode).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+    (Image.fromarray(grid[..., 0] if c == 1 else grid, mode=mode)
+     .resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path))
     return path
 
 

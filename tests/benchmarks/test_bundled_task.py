@@ -38,7 +38,8 @@ def test_merge_replaces_only_the_run_methods():
     assert [r["model"] for r in first_time["rows"]] == ["cd", "add", "sid", "vsd", "teacher (Euler, CFG 1.5)"]
     assert out["training"] == {"add": {"train_steps": 300}, "sid": {"train_steps": 300}, "cd": {"train_steps": 700}}
     # cd was retrained without Inception: its stale value goes, the others stay
-    assert out["inception_fid_vs_train"] == {"num_samples": 2048, "values": {"teacher_32step": 76.0, "sid_2step": 100.0}}
+    assert out["inception_fid_vs_train"] == {"num_samples": 2048,
+                                             "values": {"teacher_32step": 76.0, "sid_2step": 100.0}}
 
     with_inception = results([("cd", 4, 2.0)], {"cd": {"train_steps": 700}},
                              {"real_train_images": 3.0, "teacher_32step": 75.0, "cd_4step": 80.0})
@@ -67,12 +68,14 @@ def test_supersede_keeps_the_rows_marked_and_a_re_evaluation_clears_the_mark():
 def test_withdraw_drops_only_the_named_rows_and_a_re_evaluation_clears_it():
     namespace = runpy.run_path(str(ROOT / "benchmarks" / "bundled_task.py"), run_name="bundled_task")
     withdrawn, merged = namespace["withdrawn"], namespace["merged"]
-    on_disk = results([("cd", 1, 6.8), ("cd", 2, 6.7), ("cd", 4, 2.1), ("sid", 2, 4.0), ("teacher (Euler, CFG 1.5)", 4, 2.0)],
+    on_disk = results([("cd", 1, 6.8), ("cd", 2, 6.7), ("cd", 4, 2.1), ("sid", 2, 4.0),
+                       ("teacher (Euler, CFG 1.5)", 4, 2.0)],
                       {"cd": {"train_steps": 600}, "sid": {"train_steps": 300}},
                       {"real_train_images": 3.0, "teacher_32step": 76.0, "cd_4step": 90.0, "sid_2step": 100.0})
     out = withdrawn(on_disk, ["cd"], {2, 4}, "sampler fixed")
     assert [(r["model"], r["steps"]) for r in out["rows"]] == [("cd", 1), ("sid", 2), ("teacher (Euler, CFG 1.5)", 4)]
-    assert out["inception_fid_vs_train"]["values"] == {"real_train_images": 3.0, "teacher_32step": 76.0, "sid_2step": 100.0}
+    assert out["inception_fid_vs_train"]["values"] == {"real_train_images": 3.0, "teacher_32step": 76.0,
+                                                       "sid_2step": 100.0}
     assert out["withdrawn"] == {"cd": {"steps": [2, 4], "why": "sampler fixed"}}
     assert on_disk["rows"][1] == {"model": "cd", "steps": 2, "fd": 6.7}  # the input is not edited
     with pytest.raises(SystemExit, match="vsd"):

@@ -48,6 +48,7 @@ def test_write_table_and_plot_draws_the_tables_and_one_line_per_objective(report
     assert "| sid | 1.20 (sid \u2020) | 1.40 (sid \u2020) |  | yes |" in table  # the run marked superseded
     assert "| sid \u2020 |  |  | 1.20 | 1.40 |  |" in table  # steps 1, 2, 32
     assert "cd: 2, 4-step figures withdrawn (a fix)." in table
-    assert "\u2020 sid: trained by code that has changed since, so the recipe now trains differently (a change)." in table
+    assert ("\u2020 sid: trained by code that has changed since, so the recipe now trains differently "
+            "(a change)." in table)
     assert table.index("| teacher_32step | 76.00 |") < table.index("| sid_1step \u2020 | 90.00 |")  # teacher first
     assert (tmp_path / "bundled_task.png").stat().st_size > 0

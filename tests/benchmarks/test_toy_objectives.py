@@ -31,6 +31,7 @@ def test_merge_replaces_only_the_named_recipes(results_dir, monkeypatch):
     assert [r["recipe"] for r in rows] == ["configs/cd_toy.yaml", "configs/add_toy.yaml", "configs/ladd_toy.yaml"]
     assert rows[1]["median_sw"]["1"] == 1.0 and rows[2]["median_sw"]["1"] == 0.4  # median of 0.5 and 1.5
     table = (results_dir / "toy_objectives.md").read_text()
-    assert "| `configs/add_toy.yaml` | 300 | 1.000 (1.500) |" in table and "| `configs/cd_toy.yaml` | 300 | 0.200 (0.200) |" in table
+    assert ("| `configs/add_toy.yaml` | 300 | 1.000 (1.500) |" in table
+            and "| `configs/cd_toy.yaml` | 300 | 0.200 (0.200) |" in table)
     with pytest.raises(SystemExit):  # other seeds than the rows on disk
         module.main(["--recipes", "add", "--seeds", "0", "--merge"])

@@ -40,7 +40,8 @@ def caption_folder(tmp_path: Path) -> Callable[..., Path]:
         if style == "jsonl":
             (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
         elif style == "csv":
-            (root / "metadata.csv").write_text("file_name,text\n" + "".join(f"img{i}.png,caption {i}\n" for i in range(n)))
+            (root / "metadata.csv").write_text("file_name,text\n"
+                                               + "".join(f"img{i}.png,caption {i}\n" for i in range(n)))
         return root
     return make
 

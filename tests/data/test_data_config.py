@@ -7,7 +7,8 @@ from fewstep.data import DATA_KINDS, DataConfig, build_dataloader
 
 
 def test_unknown_kind_lists_allowed_kinds():
-    with pytest.raises(ValidationError, match="allowed kinds: imagefolder, webdataset, prompts, class_folders, latent_cache"):
+    with pytest.raises(ValidationError,
+                       match="allowed kinds: imagefolder, webdataset, prompts, class_folders, latent_cache"):
         DataConfig(kind="laion", path="x")
 
 

@@ -61,7 +61,8 @@ def test_missing_captions_name_the_files(caption_folder):
     root = caption_folder(n=3, style="sidecar")
     (root / "img1.txt").unlink()
     (root / "img2.txt").write_text("  \n")  # blank counts as missing
-    with pytest.raises(MissingCaptionError, match=r"2 of 3 images .* \['img1.png', 'img2.png'\].*require_captions: false"):
+    with pytest.raises(MissingCaptionError,
+                       match=r"2 of 3 images .* \['img1.png', 'img2.png'\].*require_captions: false"):
         CaptionedImageFolder(root, resolution=8)
     assert CaptionedImageFolder(root, resolution=8, require_captions=False)[1]["prompt"] == ""
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from fewstep.diffusion import PREDICTION_TYPES, EDMPath, FlowPath, TrigFlowPath, convert_prediction, from_x0_eps, to_x0_eps
+from fewstep.diffusion import (PREDICTION_TYPES, EDMPath, FlowPath, TrigFlowPath, convert_prediction, from_x0_eps,
+                               to_x0_eps)
 
 from ._common import PATH_NAMES, SD_SCHEDULE, fd_derivative, get_path, interior_times
 
@@ -75,7 +76,8 @@ def test_round_trip_every_pair(name, src):
     torch.testing.assert_close(reps, eps, rtol=1e-6, atol=1e-7)
     for dst in _types_for(path):
         out = convert_prediction(pred, src, dst, x_t, t, path)
-        torch.testing.assert_close(out, _reference(dst, x0, eps, t, x_t, path), rtol=1e-6, atol=1e-7, msg=f"{src}->{dst}")
+        torch.testing.assert_close(out, _reference(dst, x0, eps, t, x_t, path), rtol=1e-6, atol=1e-7,
+                                   msg=f"{src}->{dst}")
         back = convert_prediction(out, dst, src, x_t, t, path)
         torch.testing.assert_close(back, pred, rtol=1e-9, atol=1e-9, msg=f"{src}->{dst}->{src}")
 

@@ -119,7 +119,8 @@ def test_t_from_log_snr_inverts_log_snr(name):
     path = get_path(name)
     t = interior_times(path, 128, seed=4)
     if isinstance(path, VPPath):  # integer knots too
-        t = torch.cat([t, torch.arange(0, 1000, 37, dtype=torch.float64), torch.tensor([0.0, 999.0], dtype=torch.float64)])
+        t = torch.cat([t, torch.arange(0, 1000, 37, dtype=torch.float64),
+                       torch.tensor([0.0, 999.0], dtype=torch.float64)])
     torch.testing.assert_close(path.t_from_log_snr(path.log_snr(t)), t, rtol=1e-10, atol=1e-9)
     lam = torch.linspace(-4.0, 4.0, 41, dtype=torch.float64)  # inside every path's range
     torch.testing.assert_close(path.log_snr(path.t_from_log_snr(lam)), lam, rtol=1e-9, atol=1e-9)

@@ -37,7 +37,8 @@ def _ddim_closed_form(spacing: str, n: int, steps_offset: int) -> np.ndarray:
 def test_vp_grid_equals_ddim_timesteps(spacing, n, steps_offset, alpha_one):
     path = get_path("vp_scaled_linear")
     times = sampling_times(path, n, timestep_spacing=spacing, steps_offset=steps_offset, set_alpha_to_one=alpha_one)
-    sched = DDIMScheduler(**SD_SCHEDULE, timestep_spacing=spacing, steps_offset=steps_offset, set_alpha_to_one=alpha_one)
+    sched = DDIMScheduler(**SD_SCHEDULE, timestep_spacing=spacing, steps_offset=steps_offset,
+                          set_alpha_to_one=alpha_one)
     sched.set_timesteps(n)
     assert times.dtype == torch.float64 and len(times) == n + 1
     assert torch.equal(times[:-1], sched.timesteps.double())
@@ -45,7 +46,8 @@ def test_vp_grid_equals_ddim_timesteps(spacing, n, steps_offset, alpha_one):
     np.testing.assert_array_equal(times[:-1].numpy(), _ddim_closed_form(spacing, n, offset))
     assert times[-1].item() == (-1.0 if alpha_one else 0.0)
     # the final time has DDIM's final_alpha_cumprod
-    torch.testing.assert_close(path.alpha(times[-1:]) ** 2, sched.final_alpha_cumprod.double().reshape(1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(path.alpha(times[-1:]) ** 2, sched.final_alpha_cumprod.double().reshape(1),
+                               rtol=1e-12, atol=0)
 
 
 def test_vp_grid_uses_the_paths_scheduler_config():
@@ -169,7 +171,8 @@ def test_uniform_training_times(name, lo, hi):
 def test_flow_path_fed_the_time_itself_trains_over_the_whole_path():
     """num_train_timesteps 1 (scripts/retime_teacher.py's teacher: timestep = t) once made the smallest trained time
     1 / 1 = 1, so every generator, DMD and LADD time collapsed to pure noise (LADD's discriminator then saw only
-    noise and gave the student no gradient). It keeps the 1000-step floor; diffusers' grid is refused, not degenerate."""
+    noise and gave the student no gradient). It keeps the 1000-step floor; diffusers' grid is refused, not
+    degenerate."""
     t = sample_training_times(FlowPath(num_train_timesteps=1), N, _gen(3))
     assert 1e-3 <= t.min() and t.max() <= 1.0
     assert stats.kstest(t.numpy(), stats.uniform(1e-3, 1 - 1e-3).cdf).pvalue > P_KS
@@ -197,7 +200,8 @@ def test_logit_normal_flow_times(mean, std, shift):
 def test_lognormal_times_have_lognormal_noise_to_signal(name):
     path = get_path(name)
     t = sample_training_times(path, N, _gen(4), "lognormal", mean=-1.2, std=1.2)
-    log_ratio = torch.log(path.sigma(t) / path.alpha(t)).numpy()  # sigma/alpha ~ LogNormal(-1.2, 1.2) (EDM P_mean/P_std)
+    # sigma/alpha ~ LogNormal(-1.2, 1.2) (EDM P_mean/P_std)
+    log_ratio = torch.log(path.sigma(t) / path.alpha(t)).numpy()
     assert stats.kstest(log_ratio, stats.norm(-1.2, 1.2).cdf).pvalue > P_KS
 
 

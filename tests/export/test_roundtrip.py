@@ -188,7 +188,8 @@ def test_generator_and_consistency_students_round_trip(recipe, family, extra, sc
     """Few-step generators (SiD here: jump to x0, re-noise) export with the default scheduler; sCM-family students
     (rCM, sCM + LADD) export their TrigFlow sampler as the native re-noising sampler at equal-SNR times; multistep
     CM students at gamma = 0 (edge-to-edge jumps: plain flow Euler) and gamma = 1 (re-noise). VP jumps at gamma = 0,
-    TCD's 0 < gamma < 1 and VP sCM's non-integer timesteps (gamma on TrigFlow's angle) use FewStepConsistencyScheduler."""
+    TCD's 0 < gamma < 1 and VP sCM's non-integer timesteps (gamma on TrigFlow's angle) use
+    FewStepConsistencyScheduler."""
     from fewstep import distill
     from fewstep.export import export_run
     from fewstep.models.tiny import tiny_pipeline

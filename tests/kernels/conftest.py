@@ -71,8 +71,8 @@ def _run_child(rootdir: Path) -> dict[str, dict[str, str]]:
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_selected]
         proc = subprocess.run(cmd, cwd=rootdir, env=env, capture_output=True, text=True)
         if not out.exists():
-            raise RuntimeError(f"kernel-test child process wrote no results (rc={proc.returncode}):\n{proc.stdout[-3000:]}"
-                               f"\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"kernel-test child process wrote no results (rc={proc.returncode}):\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text())
 
 

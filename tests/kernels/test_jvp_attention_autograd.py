@@ -71,7 +71,8 @@ def test_log_sum_exp_output_is_differentiable_both_ways(device: torch.device) ->
     grads = torch.autograd.grad(lse, leaves, dlse)
     for got, ref in zip(grads, reference_grads(q, k, v, torch.zeros_like(q), dlse)):
         assert rel_err(got, ref) < 5 * TOL
-    (_, lse), (_, tlse) = torch.func.jvp(lambda a, b, c: triton_attention(a, b, c, return_lse=True), (q, k, v), tangents)
+    (_, lse), (_, tlse) = torch.func.jvp(lambda a, b, c: triton_attention(a, b, c, return_lse=True), (q, k, v),
+                                         tangents)
     _, lse_ref, _, tlse_ref = reference_jvp(q, k, v, tangents)
     assert rel_err(lse, lse_ref) < TOL and rel_err(tlse, tlse_ref) < TOL
 
@@ -112,7 +113,8 @@ def test_torch_compile_fullgraph_forward_backward_and_jvp(device: torch.device) 
     grad_ref = reference_grads(q, k, v, tangents[0], None, mask_to_bias(mask, q, k))[0]
     assert rel_err(grad, grad_ref) < 5 * TOL
     compiled_jvp = torch.compile(lambda a, b, c: torch.func.jvp(lambda x, y, z: triton_attention(x, y, z, mask),
-                                                                (a, b, c), tangents), backend="aot_eager", fullgraph=True)
+                                                                (a, b, c), tangents),
+                                 backend="aot_eager", fullgraph=True)
     _, to = compiled_jvp(q, k, v)
     assert rel_err(to, reference_jvp(q, k, v, tangents, mask_to_bias(mask, q, k))[2]) < TOL
 

@@ -44,7 +44,8 @@ def test_small_sweep_writes_json(tmp_path: Path) -> None:
 def test_cpu_dry_run_runs_every_path_through_the_interpreter(tmp_path: Path) -> None:
     impl_before = os.environ.get("FEWSTEP_ATTENTION_IMPL")
     assert _load().main(["--device", "cpu", "--seq-lens", "40", "--head-dims", "32", "--batch", "1", "--heads", "2",
-                         "--e2e-sample-size", "4", "--e2e-layers", "1", "--e2e-heads", "2", "--out", str(tmp_path)]) == 0
+                         "--e2e-sample-size", "4", "--e2e-layers", "1", "--e2e-heads", "2",
+                         "--out", str(tmp_path)]) == 0
     assert os.environ.get("FEWSTEP_ATTENTION_IMPL") == impl_before  # the dry run's kernel routing is undone
     (path,) = tmp_path.glob("jvp_attention-*.json")
     report = json.loads(path.read_text())

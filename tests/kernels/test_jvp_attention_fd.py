@@ -52,6 +52,7 @@ def test_pytree_outputs_and_non_float_primals() -> None:
     x = torch.randn(5, dtype=torch.float64)
     labels = torch.arange(3)
     _, tangent = fd_jvp(fn, (x, 2, labels), (torch.ones(5, dtype=torch.float64), None, None), eps=1e-4)
-    assert torch.allclose(tangent["sq"], 4 * x, atol=1e-8) and torch.allclose(tangent["sum"], torch.tensor(5.0).double())
+    assert (torch.allclose(tangent["sq"], 4 * x, atol=1e-8)
+            and torch.allclose(tangent["sum"], torch.tensor(5.0).double()))
     with pytest.raises(ValueError, match="tangents"):
         fd_jvp(fn, (x, 2, labels), (x,))

@@ -90,9 +90,11 @@ def test_model_jvp_matches_math_reference_and_finite_differences(kind: str, devi
 
     cond64 = _double(cond)
     with sdpa_kernel(SDPBackend.MATH):
-        out_ref, tangent_ref = torch.func.jvp(lambda xt: reference(xt, t.double(), cond64), (x.double(),), (tx.double(),))
+        out_ref, tangent_ref = torch.func.jvp(lambda xt: reference(xt, t.double(), cond64), (x.double(),),
+                                              (tx.double(),))
         if fd_eps is not None:
-            tangent_fd64 = fd_jvp(lambda xt: reference(xt, t.double(), cond64), (x.double(),), (tx.double(),), fd_eps)[1]
+            tangent_fd64 = fd_jvp(lambda xt: reference(xt, t.double(), cond64), (x.double(),), (tx.double(),),
+                                  fd_eps)[1]
             assert rel_err(tangent_fd64, tangent_ref) < fd_tol  # the reference agrees with finite differences
     assert rel_err(out, out_ref) < 1e-5
     assert rel_err(tangent, tangent_ref) < 1e-5

@@ -47,12 +47,14 @@ def _by_hand(denoiser, x, t, cond):
         packed = FluxPipeline._pack_latents(x, b, c, h, w)
         ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
         txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3)
-        out = m(packed, encoder_hidden_states=cond["encoder_hidden_states"], pooled_projections=cond["pooled_projections"],
+        out = m(packed, encoder_hidden_states=cond["encoder_hidden_states"],
+                pooled_projections=cond["pooled_projections"],
                 timestep=t * 1000 / 1000, img_ids=ids, txt_ids=txt_ids, guidance=cond.get("guidance")).sample
         return FluxPipeline._unpack_latents(out, h, w, vae_scale_factor=1)
     if kind == "sana":
         guidance = cond["guidance"] * m.config.guidance_embeds_scale if "guidance" in cond else None
-        return m(x, encoder_hidden_states=cond["encoder_hidden_states"], encoder_attention_mask=cond["encoder_attention_mask"],
+        return m(x, encoder_hidden_states=cond["encoder_hidden_states"],
+                 encoder_attention_mask=cond["encoder_attention_mask"],
                  timestep=t * 1000 * m.config.timestep_scale, guidance=guidance).sample
     if kind == "dit":
         out = m(x, timestep=t, class_labels=cond["class_labels"]).sample
@@ -75,7 +77,8 @@ def test_scalar_time_broadcasts_and_bad_time_shape_errors():
     denoiser, cond = tiny_denoiser("dit")
     x, _ = _inputs(denoiser)
     with torch.no_grad():
-        torch.testing.assert_close(denoiser(x, torch.tensor(500.0), cond), denoiser(x, torch.tensor([500.0, 500.0]), cond))
+        torch.testing.assert_close(denoiser(x, torch.tensor(500.0), cond),
+                                   denoiser(x, torch.tensor([500.0, 500.0]), cond))
         with pytest.raises(ValueError, match="t must be a scalar"):
             denoiser(x, torch.tensor([1.0, 2.0, 3.0]), cond)
 
@@ -233,8 +236,10 @@ def test_flux_packing_matches_pipeline():
     packed = pack_latents(x)
     torch.testing.assert_close(packed, FluxPipeline._pack_latents(x, 2, 4, 6, 8), rtol=0, atol=0)
     torch.testing.assert_close(unpack_latents(packed, 6, 8), x, rtol=0, atol=0)
-    torch.testing.assert_close(unpack_latents(packed, 6, 8), FluxPipeline._unpack_latents(packed, 48, 64, 8), rtol=0, atol=0)
-    torch.testing.assert_close(latent_image_ids(6, 8), FluxPipeline._prepare_latent_image_ids(2, 3, 4, "cpu", torch.float32))
+    torch.testing.assert_close(unpack_latents(packed, 6, 8), FluxPipeline._unpack_latents(packed, 48, 64, 8),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(latent_image_ids(6, 8),
+                               FluxPipeline._prepare_latent_image_ids(2, 3, 4, "cpu", torch.float32))
     with pytest.raises(ValueError, match="even"):
         pack_latents(torch.randn(1, 4, 5, 8))
 
@@ -257,7 +262,8 @@ def test_forward_mode_jvp_matches_finite_differences(kind):
         _, tangent = torch.func.jvp(lambda a, b: denoiser(a, b, cond), (x, t), (tx, tt))
     with torch.no_grad():
         fd = (denoiser(x + eps * tx, t + eps * tt, cond) - denoiser(x - eps * tx, t - eps * tt, cond)) / (2 * eps)
-    torch.testing.assert_close(tangent, fd, rtol=1e-3, atol=5e-3 * float(fd.abs().max()))  # fp32 time-embedding FD noise
+    # fp32 time-embedding FD noise
+    torch.testing.assert_close(tangent, fd, rtol=1e-3, atol=5e-3 * float(fd.abs().max()))
 
 
 def test_flux_explicit_position_ids_equal_defaults_and_survive_fused_cfg():

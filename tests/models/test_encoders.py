@@ -15,7 +15,8 @@ TEXT_COMPONENTS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2",
 NETWORK = {"sd15": ("unet2d_condition", "unet"), "sdxl": ("unet2d_condition", "unet"), "sd3": ("sd3", "transformer"),
            "flux": ("flux", "transformer"), "sana": ("sana", "transformer")}
 OPTIONS = {"sd15": {}, "sdxl": {"size": (16, 16)}, "sd3": {"max_sequence_length": T5_MAX_LENGTH},
-           "flux": {"max_sequence_length": T5_MAX_LENGTH, "guidance": 3.5}, "sana": {"max_sequence_length": T5_MAX_LENGTH}}
+           "flux": {"max_sequence_length": T5_MAX_LENGTH, "guidance": 3.5},
+           "sana": {"max_sequence_length": T5_MAX_LENGTH}}
 
 
 def _conditioner(family, **extra):
@@ -58,7 +59,8 @@ def test_cache_encodes_each_prompt_once_and_matches_uncached():
     second = conditioner(["the cat"])
     assert len(calls) == 1
     uncached, _ = _conditioner("sd15", cache=False)
-    torch.testing.assert_close(first["encoder_hidden_states"], uncached(["a dog", "the cat", "a dog"])["encoder_hidden_states"])
+    torch.testing.assert_close(first["encoder_hidden_states"],
+                               uncached(["a dog", "the cat", "a dog"])["encoder_hidden_states"])
     torch.testing.assert_close(second["encoder_hidden_states"], first["encoder_hidden_states"][1:2])
 
 

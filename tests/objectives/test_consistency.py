@@ -62,8 +62,8 @@ def test_uniform_grid_reaches_the_objective(recipe, tmp_path):
 @pytest.mark.parametrize("teacher_grid", [[], ["objective.grid=uniform", "objective.solver=heun",
                                                "objective.num_timesteps=8"]])
 def test_cd_student_beats_teacher_at_equal_steps_on_the_exact_toy(teacher_grid, tmp_path):
-    config = load_config("configs/cd_toy.yaml", [f"run.output_dir={tmp_path}", "run.trackers=[]", "run.progress_bar=false",
-                                                 "run.num_samples=0", *teacher_grid])
+    config = load_config("configs/cd_toy.yaml", [f"run.output_dir={tmp_path}", "run.trackers=[]",
+                                                 "run.progress_bar=false", "run.num_samples=0", *teacher_grid])
     setup = build_setup(config)
     mixture = setup.teacher.mixture
     noise = torch.randn(1500, 2, generator=torch.Generator().manual_seed(0))
@@ -84,7 +84,8 @@ def test_sampler_picks_the_grid_times_lcm_scheduler_picks(num_timesteps, tmp_pat
     """Multistep sampling visits the training-grid positions that diffusers' LCMScheduler.set_timesteps visits on an
     LCM trained with as many grid steps; the last time stays clear of the boundary (diffusers' flow grid ends in a
     step from sigma 0.001 to 0, which the old round(linspace(0, N - 1, n)) spent its last sampling step on)."""
-    config = load_config("configs/cd_toy.yaml", [f"run.output_dir={tmp_path}", f"objective.num_timesteps={num_timesteps}"])
+    config = load_config("configs/cd_toy.yaml", [f"run.output_dir={tmp_path}",
+                                                 f"objective.num_timesteps={num_timesteps}"])
     objective = build_setup(config).objective
     lcm = LCMScheduler(original_inference_steps=num_timesteps)
     skip = lcm.config.num_train_timesteps // num_timesteps

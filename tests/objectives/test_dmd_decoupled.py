@@ -77,7 +77,8 @@ def test_paper_schedule_caps_each_samples_ca_level_at_its_generator_input():
     x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)) * 2
     input_time = 0.8
     capped = DecoupledDMD(student, teacher, fake, guidance_scale=3.0, ca_below_generator_time=True)
-    fixed = DecoupledDMD(student, teacher, fake, guidance_scale=3.0, ca_time_range=(0.02, (input_time - lo) / (hi - lo)))
+    fixed = DecoupledDMD(student, teacher, fake, guidance_scale=3.0,
+                         ca_time_range=(0.02, (input_time - lo) / (hi - lo)))
     x = x0.clone().requires_grad_(True)
     capped.matching_loss(x, batch, torch.Generator().manual_seed(4), torch.full((8,), input_time))[0].backward()
     torch.testing.assert_close(x.grad, grad_of(fixed, x0, batch, 4)[0])
@@ -111,8 +112,8 @@ def test_mmd_regulariser_matches_its_formula_and_needs_no_fake_score():
 
 
 def test_decoupled_student_beats_teacher_with_cfg_on_the_exact_toy(tmp_path):
-    config = load_config(ROOT / "configs" / "dmd_decoupled_toy.yaml", [f"run.output_dir={tmp_path}", *QUIET,
-                                                                       "run.max_steps=200", "objective.fake_score_updates=3"])
+    config = load_config(ROOT / "configs" / "dmd_decoupled_toy.yaml",
+                         [f"run.output_dir={tmp_path}", *QUIET, "run.max_steps=200", "objective.fake_score_updates=3"])
     setup = build_setup(config)
     mixture = setup.teacher.mixture
     labels = torch.arange(1500) % 2

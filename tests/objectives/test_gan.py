@@ -16,7 +16,8 @@ def test_hinge_losses_are_the_closed_forms():
 
 
 def test_r1_is_the_squared_input_gradient_and_trains_the_discriminator():
-    """D(x) = sum_j w_j x_j^2: grad_x D = 2 w x, so R1 = mean_i sum_j (2 w_j x_ij)^2 and dR1/dw_j = mean_i 8 w_j x_ij^2."""
+    """D(x) = sum_j w_j x_j^2: grad_x D = 2 w x, so R1 = mean_i sum_j (2 w_j x_ij)^2 and
+    dR1/dw_j = mean_i 8 w_j x_ij^2."""
     w = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
     penalty = gan.r1_penalty((w * x ** 2).sum(1), x)

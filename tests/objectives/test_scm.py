@@ -79,9 +79,10 @@ def test_boundary_condition_is_exact_at_t0(kind):
     x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
     cond = {k: v.double() if v.is_floating_point() else v for k, v in cond.items()}
     with torch.no_grad(), tangent_attention(base, "math"):
-        at_zero = trigflow_consistency(x, torch.zeros(3, dtype=torch.float64), student(x, torch.zeros(3), cond), SIGMA_D)
-        away = trigflow_consistency(x, torch.full((3,), 0.3, dtype=torch.float64), student(x, torch.full((3,), 0.3), cond),
-                                    SIGMA_D)
+        at_zero = trigflow_consistency(x, torch.zeros(3, dtype=torch.float64), student(x, torch.zeros(3), cond),
+                                       SIGMA_D)
+        away = trigflow_consistency(x, torch.full((3,), 0.3, dtype=torch.float64),
+                                    student(x, torch.full((3,), 0.3), cond), SIGMA_D)
     assert torch.equal(at_zero, x)
     assert (away - x).abs().max() > 1e-3
 
@@ -148,13 +149,15 @@ def test_tangent_target_vanishes_on_the_exact_consistency_function():
 
 
 def test_scm_gradient_is_the_continuous_limit_of_discrete_cd():
-    """Per sample, grad ||F - F^- - g||^2 = grad ||f(x_t, t) - f^-(x_{t - dt}, t - dt)||^2 x cos t / (dt sigma_d sin t)."""
+    """Per sample, grad ||F - F^- - g||^2 =
+    grad ||f(x_t, t) - f^-(x_{t - dt}, t - dt)||^2 x cos t / (dt sigma_d sin t)."""
     student, _ = random_toy_student(FlowPath(), scale=0.1)
     mixture = student.teacher.mixture
     wrapped, teacher = TrigFlowDenoiser(student, SIGMA_D), TrigFlowDenoiser(student.teacher, SIGMA_D)
     g = torch.Generator().manual_seed(2)
     t = torch.rand(256, generator=g, dtype=torch.float64) * 1.3 + 0.1
-    x_t = wrapped.path.add_noise(mixture.sample(256, g).double(), torch.randn(256, 2, generator=g, dtype=torch.float64), t)
+    x_t = wrapped.path.add_noise(mixture.sample(256, g).double(),
+                                 torch.randn(256, 2, generator=g, dtype=torch.float64), t)
     with torch.no_grad():
         dxt_dt = SIGMA_D * teacher(x_t, t)
         cs_dF_dt = student_tangent(wrapped, x_t, t, dxt_dt, None)

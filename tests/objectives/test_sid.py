@@ -96,7 +96,8 @@ def test_lsg_guidance_scales_reach_the_right_scores(tmp_path, monkeypatch):
     seen = []
     for name, net in (("teacher", objective.teacher), ("fake", objective.fake_score)):
         original = net.guided
-        monkeypatch.setattr(net, "guided", lambda *a, _o=original, _n=name, **k: (seen.append((_n, a[3] if len(a) > 3 else k.get("guidance_scale", 1.0))), _o(*a, **k))[1])
+        monkeypatch.setattr(net, "guided", lambda *a, _o=original, _n=name, **k: (
+            seen.append((_n, a[3] if len(a) > 3 else k.get("guidance_scale", 1.0))), _o(*a, **k))[1])
     batch = setup.data.next_batch(torch.Generator().manual_seed(0))
     objective.loss("generator", batch, torch.Generator().manual_seed(0))
     assert ("teacher", 4.0) in seen and ("fake", 2.0) in seen

@@ -64,8 +64,8 @@ def test_posterior_mean_tweedie_on_vp_path_image_shaped():
     t = torch.tensor([5.0, 120.5, 400.0, 850.25, 999.0], dtype=torch.float64)
     a, s = path.alpha(t), path.sigma(t)
     g = torch.Generator().manual_seed(4)
-    x_t = a.reshape(-1, 1, 1, 1) * mix.sample(5, g).double() + s.reshape(-1, 1, 1, 1) * torch.randn(5, 1, 4, 4, generator=g,
-                                                                                                    dtype=torch.float64)
+    x_t = (a.reshape(-1, 1, 1, 1) * mix.sample(5, g).double()
+           + s.reshape(-1, 1, 1, 1) * torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64))
     ours = mix.posterior_mean(x_t, a, s)
     assert ours.shape == (5, 1, 4, 4)
     torch.testing.assert_close(ours.reshape(5, -1), _tweedie(mix, x_t.reshape(5, -1), a, s), rtol=1e-8, atol=1e-8)
@@ -106,7 +106,8 @@ def test_sample_moments_match_mixture():
     assert x.shape == (n, 3)
     w, mu, var = mix.weights, mix.means, mix.stds**2
     mean = (w[:, None] * mu).sum(0)
-    cov = (w[:, None, None] * (var[:, None, None] * torch.eye(3, dtype=torch.float64) + mu[:, :, None] * mu[:, None, :])).sum(0)
+    cov = (w[:, None, None] * (var[:, None, None] * torch.eye(3, dtype=torch.float64)
+                               + mu[:, :, None] * mu[:, None, :])).sum(0)
     cov = cov - mean[:, None] * mean[None, :]
     se_mean = (torch.diagonal(cov) / n).sqrt()
     assert ((x.mean(0) - mean).abs() < 5 * se_mean).all()

@@ -43,7 +43,8 @@ def test_sliced_wasserstein_zero_for_identical_and_permuted_samples():
 
 
 def test_sliced_w1_of_a_translation():
-    """For y = x + delta * v each projection's W1 is |theta . v| delta, so SW1 = delta E|theta_1| = delta 2/pi in 2-D."""
+    """For y = x + delta * v each projection's W1 is |theta . v| delta, so SW1 = delta E|theta_1| = delta 2/pi
+    in 2-D."""
     x = torch.randn(800, 2, generator=_g(6), dtype=torch.float64)
     v = torch.tensor([0.6, 0.8], dtype=torch.float64)
     values = [sliced_wasserstein(x, x + d * v, num_projections=2000, seed=7) for d in (0.25, 0.5, 1.0, 2.0)]
@@ -90,7 +91,8 @@ def test_mmd_equals_direct_numpy_estimator():
     assert mmd_rbf(x, y, bandwidths=(0.5,)) == pytest.approx(_mmd_numpy(x.numpy(), y.numpy(), (0.5,)), rel=1e-10)
     img = torch.randn(20, 1, 4, 4, generator=g)  # flattened like any sample
     assert mmd_rbf(img, img.flip(0) + 0.1) == pytest.approx(
-        _mmd_numpy(img.double().reshape(20, -1).numpy(), (img.flip(0) + 0.1).double().reshape(20, -1).numpy()), rel=1e-6)
+        _mmd_numpy(img.double().reshape(20, -1).numpy(), (img.flip(0) + 0.1).double().reshape(20, -1).numpy()),
+        rel=1e-6)
 
 
 @pytest.mark.parametrize("delta", [0.0, 1.0])

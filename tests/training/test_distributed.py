@@ -17,7 +17,8 @@ from ._common import cosine_with_warmup
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("ddp_probe.py")
 
-pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
+pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None
+                                and not (Path(sys.executable).parent / "accelerate").exists(),
                                 reason="accelerate launcher not installed")
 
 
@@ -75,7 +76,8 @@ def test_two_processes_keep_each_learning_rate_schedule_on_the_training_step(tmp
     """Under two processes a cosine schedule still spans max_steps, for the student (1 update per step) and for
     DMD2's fake score (5 per step): accelerate's default would advance it num_processes times per update."""
     steps, warmup = 6, 2
-    schedule = [f"optimizers.{n}.{k}" for n in ("student", "fake_score") for k in ("lr_scheduler=cosine", f"warmup_steps={warmup}")]
+    schedule = [f"optimizers.{n}.{k}" for n in ("student", "fake_score")
+                for k in ("lr_scheduler=cosine", f"warmup_steps={warmup}")]
     launch(tmp_path, steps, None, "dmd2_toy.yaml", *schedule)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
@@ -90,7 +92,8 @@ def test_accelerate_launch_module_entry(tmp_path):
     accelerate = str(Path(sys.executable).parent / "accelerate")
     cmd = [accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "fewstep.distill", "--config", str(ROOT / "configs" / "cd_toy.yaml"),
-           f"run.output_dir={tmp_path}", "run.max_steps=3", "run.trackers=[]", "run.progress_bar=false", "run.num_samples=0"]
+           f"run.output_dir={tmp_path}", "run.max_steps=3", "run.trackers=[]", "run.progress_bar=false",
+           "run.num_samples=0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

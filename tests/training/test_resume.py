@@ -54,7 +54,7 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_resume_latest_without_checkpoint_is_a_clear_error(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "fewstep.distill", *BASE, f"run.output_dir={tmp_path}", "run.max_steps=2",
-                           "--resume", "latest"], capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "fewstep.distill", *BASE, f"run.output_dir={tmp_path}",
+                           "run.max_steps=2", "--resume", "latest"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 2
     assert "no checkpoint in" in proc.stderr and "start without --resume" in proc.stderr

@@ -63,7 +63,8 @@ class Regression(Objective):
 
 
 def make_run(tmp_path: Path, **kw) -> RunConfig:
-    base = dict(output_dir=str(tmp_path), max_steps=4, trackers=[], progress_bar=False, num_samples=0, max_grad_norm=None)
+    base = dict(output_dir=str(tmp_path), max_steps=4, trackers=[], progress_bar=False, num_samples=0,
+                max_grad_norm=None)
     return RunConfig(**{**base, **kw})
 
 
@@ -76,7 +77,8 @@ def test_gradient_accumulation_equals_the_big_batch(tmp_path):
     big = Regression()
     Trainer(big, FixedBatches(data, 16), make_run(tmp_path / "a"), sgd_like()).fit()
     accumulated = Regression()
-    Trainer(accumulated, FixedBatches(data, 8), make_run(tmp_path / "b", gradient_accumulation_steps=2), sgd_like()).fit()
+    Trainer(accumulated, FixedBatches(data, 8), make_run(tmp_path / "b", gradient_accumulation_steps=2),
+            sgd_like()).fit()
     for p, q in zip(big.parameters(), accumulated.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(big.net.weight, Regression().net.weight)  # it did train
@@ -122,7 +124,8 @@ def test_learning_rate_follows_the_training_step_for_every_network(tmp_path):
     steps, warmup = 8, 2
     schedule = dict(lr_scheduler="cosine", warmup_steps=warmup)
     trainer = Trainer(TwoNetworks(), FixedBatches(torch.randn(32, 2), 4), make_run(tmp_path, max_steps=steps),
-                      {"generator": OptimizerConfig(lr=1e-3, **schedule), "critic": OptimizerConfig(lr=4e-3, **schedule)})
+                      {"generator": OptimizerConfig(lr=1e-3, **schedule),
+                       "critic": OptimizerConfig(lr=4e-3, **schedule)})
     trainer.fit()
     for row in trainer.history:
         factor = cosine_with_warmup(row["step"], warmup, steps)
@@ -139,7 +142,8 @@ def test_missing_optimizer_settings_name_the_network(tmp_path):
 def test_nan_stops_with_context_and_keeps_last_good_checkpoint(tmp_path):
     data = torch.randn(64, 4)
     objective = Regression(nan_at_call=3)
-    trainer = Trainer(objective, FixedBatches(data, 8), make_run(tmp_path, max_steps=10, checkpoint_every=2), sgd_like())
+    trainer = Trainer(objective, FixedBatches(data, 8), make_run(tmp_path, max_steps=10, checkpoint_every=2),
+                      sgd_like())
     with pytest.raises(NonFiniteError) as err:
         trainer.fit()
     message = str(err.value)
